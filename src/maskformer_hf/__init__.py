@@ -1,0 +1,48 @@
+"""maskformer_hf: MaskFormer (Cheng et al., NeurIPS 2021) as a first-class Hugging Face model.
+
+Importing the package registers the config and models with transformers' Auto classes, so
+``AutoModelForUniversalSegmentation.from_pretrained(<our checkpoint>)`` and
+``pipeline("image-segmentation", model=<our checkpoint>)`` find them.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageSegmentation,
+    AutoModelForUniversalSegmentation,
+)
+
+from .configuration_maskformer import PRESETS, MaskFormerConfig
+from .conversion import convert_from_transformers
+from .modeling_maskformer import (
+    MaskFormerForUniversalSegmentation,
+    MaskFormerForUniversalSegmentationOutput,
+    MaskFormerModel,
+    MaskFormerModelOutput,
+    MaskFormerPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "MaskFormerConfig",
+    "MaskFormerForUniversalSegmentation",
+    "MaskFormerForUniversalSegmentationOutput",
+    "MaskFormerModel",
+    "MaskFormerModelOutput",
+    "MaskFormerPreTrainedModel",
+    "convert_from_transformers",
+    "register_auto_classes",
+]
+
+
+def register_auto_classes() -> None:
+    """Register our classes with transformers' Auto classes (idempotent; done at import)."""
+    AutoConfig.register(MaskFormerConfig.model_type, MaskFormerConfig, exist_ok=True)
+    AutoModel.register(MaskFormerConfig, MaskFormerModel, exist_ok=True)
+    for auto_class in (AutoModelForUniversalSegmentation, AutoModelForImageSegmentation):
+        auto_class.register(MaskFormerConfig, MaskFormerForUniversalSegmentation, exist_ok=True)
+
+
+register_auto_classes()

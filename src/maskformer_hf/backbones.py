@@ -1,0 +1,159 @@
+"""One adapter from well-kept backbone libraries to the four feature maps MaskFormer needs.
+
+Two routes, chosen by the config:
+
+* ``config.backbone_config is None``: a timm ``features_only`` model named ``config.backbone``
+  (any timm model with feature maps at strides 4, 8, 16 and 32: ResNets, deep-stem ResNets,
+  ConvNeXt, Swin, ...).
+* otherwise: a transformers backbone built with ``AutoBackbone`` from ``config.backbone_config``
+  (MaskFormer-Swin and ResNet, the layouts of the Hub checkpoints).
+
+Construction never touches the network unless ``config.use_pretrained_backbone`` is set.
+
+Padded batches: a backbone cannot be told which pixels are padding, so an image padded inside a
+batch would otherwise see the padding through its receptive field (and, for Swin, through its
+attention windows) and come out different from the same image alone. When ``pixel_mask`` says
+that images have different valid sizes, :meth:`MaskFormerBackbone.forward` runs the backbone on
+each image's valid region (images of equal size together) and places the maps, zero-filled, into
+batch tensors; it also returns the valid region of every map, which the pixel decoder and the
+transformer module honour.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .configuration_maskformer import MaskFormerConfig
+
+logger = logging.getLogger(__name__)
+
+STRIDES = (4, 8, 16, 32)
+
+
+def _build_timm(config: MaskFormerConfig) -> nn.Module:
+    import timm
+
+    kwargs = dict(features_only=True, pretrained=config.use_pretrained_backbone, **config.backbone_kwargs)
+    try:
+        # Vision transformers with windows (Swin, ...) default to a fixed input size; MaskFormer
+        # feeds any size. Models that do not know the argument reject it with a TypeError.
+        return timm.create_model(config.backbone, strict_img_size=False, **kwargs)
+    except TypeError:
+        return timm.create_model(config.backbone, **kwargs)
+
+
+def _load_swin_imagenet_weights(body: nn.Module, name_or_path: str) -> None:
+    """Load an ImageNet Swin checkpoint (e.g. ``microsoft/swin-tiny-patch4-window7-224``) into MaskFormer-Swin."""
+    from .conversion import load_checkpoint_state_dict
+
+    state_dict = load_checkpoint_state_dict(name_or_path)
+    state_dict = {k.removeprefix("swin."): v for k, v in state_dict.items()}
+    result = body.model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys:
+        raise ValueError(f"use_pretrained_backbone: {name_or_path} lacks backbone weights {result.missing_keys[:5]}")
+    logger.info("loaded ImageNet weights from %s (ignored: %s)", name_or_path, result.unexpected_keys)
+
+
+def _build_transformers(config: MaskFormerConfig) -> nn.Module:
+    from transformers import AutoBackbone
+
+    backbone_config = config.backbone_config
+    if config.use_pretrained_backbone and backbone_config.model_type != "maskformer-swin":
+        return AutoBackbone.from_pretrained(config.backbone, out_features=backbone_config.out_features)
+    body = AutoBackbone.from_config(backbone_config)
+    if config.use_pretrained_backbone:
+        _load_swin_imagenet_weights(body, config.backbone)
+    return body
+
+
+def _crop_sizes(pixel_mask: Tensor) -> list[tuple[int, int]]:
+    """Valid (height, width) of every image of a padded batch; padding sits bottom/right.
+
+    Args:
+        pixel_mask: `(batch_size, height, width)`, 1 on real pixels, 0 on padding.
+    """
+    rows = pixel_mask.any(dim=2)  # (B, H)
+    cols = pixel_mask.any(dim=1)  # (B, W)
+    heights = (rows * torch.arange(1, rows.shape[1] + 1, device=rows.device)).amax(dim=1)
+    widths = (cols * torch.arange(1, cols.shape[1] + 1, device=cols.device)).amax(dim=1)
+    return [(int(h), int(w)) for h, w in zip(heights.tolist(), widths.tolist())]
+
+
+class MaskFormerBackbone(nn.Module):
+    """Backbone adapter: ``forward(pixel_values, pixel_mask) -> (features, masks)``.
+
+    ``features`` are four maps `(batch_size, channels[i], H / stride[i], W / stride[i])`, NCHW.
+    ``masks`` is ``None`` for an unpadded batch, else four bool maps `(batch_size, h_i, w_i)`
+    marking each image's valid positions at each level.
+    """
+
+    def __init__(self, config: MaskFormerConfig) -> None:
+        super().__init__()
+        if config.backbone_config is not None:
+            self.body = _build_transformers(config)
+            self.channels = list(self.body.channels)
+            self._indices = list(range(len(self.channels)))
+            self._channels_last = False
+        else:
+            self.body = _build_timm(config)
+            reductions = list(self.body.feature_info.reduction())
+            self._indices = []
+            for stride in STRIDES:
+                matches = [i for i, r in enumerate(reductions) if r == stride]
+                if not matches:
+                    raise ValueError(
+                        f"backbone: timm model {config.backbone!r} has feature maps at strides {reductions}; "
+                        f"MaskFormer needs strides {list(STRIDES)}"
+                    )
+                self._indices.append(matches[-1])
+            self.channels = [self.body.feature_info.channels()[i] for i in self._indices]
+            self._channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
+        if len(self.channels) != 4:
+            raise ValueError(f"backbone: expected 4 feature maps (strides 4..32), the backbone gives {len(self.channels)}")
+
+    def _features(self, pixel_values: Tensor) -> list[Tensor]:
+        outputs = self.body(pixel_values)
+        if hasattr(outputs, "feature_maps"):
+            outputs = outputs.feature_maps
+        features = [outputs[i] for i in self._indices]
+        if self._channels_last:
+            features = [f.permute(0, 3, 1, 2) for f in features]
+        return features
+
+    def forward(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> tuple[list[Tensor], list[Tensor] | None]:
+        if pixel_mask is None:
+            return self._features(pixel_values), None
+        batch_size, _, height, width = pixel_values.shape
+        sizes = _crop_sizes(pixel_mask)
+        if all(size == (height, width) for size in sizes):
+            return self._features(pixel_values), None
+        if any(h == 0 or w == 0 for h, w in sizes):
+            raise ValueError("pixel_mask: every image needs at least one valid (non-zero) pixel")
+
+        # Run each distinct valid size once, images of that size together.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, size in enumerate(sizes):
+            groups.setdefault(size, []).append(index)
+        per_group = {
+            size: self._features(pixel_values[idx, :, : size[0], : size[1]]) for size, idx in groups.items()
+        }
+        features, masks = [], []
+        for level, stride in enumerate(STRIDES):
+            maps = [per_group[size][level] for size in groups]
+            out_h = max([math.ceil(height / stride)] + [m.shape[-2] for m in maps])
+            out_w = max([math.ceil(width / stride)] + [m.shape[-1] for m in maps])
+            first = maps[0]
+            level_features = first.new_zeros(batch_size, first.shape[1], out_h, out_w)
+            level_mask = torch.zeros(batch_size, out_h, out_w, dtype=torch.bool, device=first.device)
+            for (size, idx), fmap in zip(groups.items(), maps):
+                h, w = fmap.shape[-2:]
+                index = torch.tensor(idx, device=first.device)
+                level_features[index, :, :h, :w] = fmap
+                level_mask[index, :h, :w] = True
+            features.append(level_features)
+            masks.append(level_mask)
+        return features, masks

@@ -1,0 +1,211 @@
+"""MaskFormer configuration: the single source of the model's hyper-parameters.
+
+Defaults are the paper's (Cheng et al., NeurIPS 2021, arXiv 2107.06278); the paper's variants are
+named in :data:`PRESETS`, a plain dict, and built with :meth:`MaskFormerConfig.from_preset`.
+Field names follow transformers' ``MaskFormerConfig`` / ``DetrConfig`` wherever the concept is the
+same, so values carry over one to one when a transformers checkpoint is converted.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+_ACTIVATIONS = ("relu", "gelu", "silu")
+
+
+def _swin(embed_dim: int, depths: list[int], heads: list[int], window: int, image_size: int) -> dict:
+    return {
+        "model_type": "maskformer-swin",
+        "embed_dim": embed_dim,
+        "depths": depths,
+        "num_heads": heads,
+        "window_size": window,
+        "image_size": image_size,
+        "drop_path_rate": 0.3,
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+    }
+
+
+# The paper's variants. ResNets come from timm (torchvision-style ResNet-50/101; "resnet101c" is
+# timm's ResNet-101 with a 3x3 deep stem of width 64), Swin from transformers' MaskFormer-Swin (the
+# detectron2 semantics of the paper: pad-then-shift windows, a LayerNorm on every stage output).
+# For Swin, ``backbone`` names the ImageNet checkpoint used when ``use_pretrained_backbone=True``.
+PRESETS: dict[str, dict[str, Any]] = {
+    "resnet50": {"backbone": "resnet50"},
+    "resnet101": {"backbone": "resnet101"},
+    "resnet101c": {"backbone": "resnet101", "backbone_kwargs": {"stem_type": "deep", "stem_width": 64}},
+    "resnet50-6enc": {"backbone": "resnet50", "encoder_layers": 6},
+    "resnet101-6enc": {"backbone": "resnet101", "encoder_layers": 6},
+    "swin-tiny": {
+        "backbone": "microsoft/swin-tiny-patch4-window7-224",
+        "backbone_config": _swin(96, [2, 2, 6, 2], [3, 6, 12, 24], 7, 224),
+    },
+    "swin-small": {
+        "backbone": "microsoft/swin-small-patch4-window7-224",
+        "backbone_config": _swin(96, [2, 2, 18, 2], [3, 6, 12, 24], 7, 224),
+    },
+    "swin-base": {
+        "backbone": "microsoft/swin-base-patch4-window12-384-in22k",
+        "backbone_config": _swin(128, [2, 2, 18, 2], [4, 8, 16, 32], 12, 384),
+    },
+    "swin-large": {
+        "backbone": "microsoft/swin-large-patch4-window12-384-in22k",
+        "backbone_config": _swin(192, [2, 2, 18, 2], [6, 12, 24, 48], 12, 384),
+    },
+}
+
+
+def _backbone_config_from(value: dict | PretrainedConfig | None) -> PretrainedConfig | None:
+    """Turn a backbone config given as a dict into a transformers config with four output stages."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = dict(value)
+        model_type = value.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("backbone_config: a dict needs a 'model_type' key (e.g. 'maskformer-swin', 'resnet')")
+        if model_type == "swin":  # old Hub checkpoints store plain Swin; MaskFormer-Swin is the same network
+            model_type = "maskformer-swin"
+        value.setdefault("out_features", ["stage1", "stage2", "stage3", "stage4"])
+        value.pop("stage_names", None)
+        value.pop("out_indices", None)
+        return AutoConfig.for_model(model_type, **value)
+    if isinstance(value, PretrainedConfig):
+        if value.model_type == "swin":
+            return _backbone_config_from(value.to_dict())
+        return value
+    raise TypeError(f"backbone_config: expected a dict or a PretrainedConfig, got {type(value).__name__}")
+
+
+class MaskFormerConfig(PretrainedConfig):
+    r"""Configuration of :class:`MaskFormerModel` and :class:`MaskFormerForUniversalSegmentation`.
+
+    The backbone is either a timm model (``backbone`` names it; ``backbone_config`` is None) or a
+    transformers backbone (``backbone_config``, e.g. MaskFormer-Swin or ResNet, as in the Hub
+    checkpoints). Either must give four feature maps at strides 4, 8, 16 and 32.
+
+    Example::
+
+        >>> config = MaskFormerConfig.from_preset("swin-tiny", num_labels=150)
+        >>> config.num_queries, config.decoder_layers
+        (100, 6)
+    """
+
+    model_type = "maskformer_hf"
+    attribute_map = {"num_attention_heads": "decoder_attention_heads", "num_hidden_layers": "decoder_layers"}
+
+    def __init__(
+        self,
+        # --- backbone -------------------------------------------------------------------------
+        backbone: str | None = "resnet50",  # timm name, or the ImageNet checkpoint of backbone_config
+        backbone_config: dict | PretrainedConfig | None = None,  # a transformers backbone; wins over timm
+        backbone_kwargs: dict | None = None,  # extra keyword arguments for timm.create_model
+        use_pretrained_backbone: bool = False,  # download ImageNet weights when the model is built
+        # --- pixel decoder (light FPN, SPEC §2.2) ------------------------------------------------
+        fpn_feature_size: int = 256,  # channels of every FPN map (GroupNorm(32) needs a multiple of 32)
+        mask_feature_size: int = 256,  # C_E, channels of the per-pixel and per-mask embeddings
+        # --- transformer module (DETR, SPEC §2.3) ------------------------------------------------
+        num_queries: int = 100,  # N, size of the predicted set (paper ablation: 100 is best on ADE)
+        hidden_size: int = 256,  # d_model of the transformer
+        encoder_layers: int = 0,  # DETR encoder layers on the stride-32 map (6 for "R50 + 6 Enc")
+        encoder_attention_heads: int = 8,
+        encoder_ffn_dim: int = 2048,
+        decoder_layers: int = 6,  # each layer's output is supervised when use_auxiliary_loss
+        decoder_attention_heads: int = 8,
+        decoder_ffn_dim: int = 2048,
+        dropout: float = 0.1,  # on residual branches of the transformer
+        attention_dropout: float = 0.0,  # on attention weights
+        activation_dropout: float = 0.0,  # inside the FFN
+        activation_function: str = "relu",  # FFN non-linearity
+        # --- loss (SPEC §3) -----------------------------------------------------------------------
+        no_object_weight: float = 0.1,  # class weight of the "no object" label in the cross-entropy
+        cross_entropy_weight: float = 1.0,  # weight of the classification term
+        mask_weight: float = 20.0,  # weight of the sigmoid focal mask term
+        dice_weight: float = 1.0,  # weight of the dice mask term
+        use_auxiliary_loss: bool = True,  # deep supervision on every earlier decoder layer
+        output_auxiliary_logits: bool | None = None,  # None: follow use_auxiliary_loss
+        # --- initialisation -----------------------------------------------------------------------
+        init_std: float = 0.02,  # std of normal inits (queries, linear layers of the transformer)
+        init_xavier_std: float = 1.0,  # gain of the xavier inits of the pixel decoder and heads
+        **kwargs: Any,
+    ) -> None:
+        self.backbone = backbone
+        self.backbone_config = _backbone_config_from(backbone_config)
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.use_pretrained_backbone = use_pretrained_backbone
+        self.fpn_feature_size = fpn_feature_size
+        self.mask_feature_size = mask_feature_size
+        self.num_queries = num_queries
+        self.hidden_size = hidden_size
+        self.encoder_layers = encoder_layers
+        self.encoder_attention_heads = encoder_attention_heads
+        self.encoder_ffn_dim = encoder_ffn_dim
+        self.decoder_layers = decoder_layers
+        self.decoder_attention_heads = decoder_attention_heads
+        self.decoder_ffn_dim = decoder_ffn_dim
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.activation_function = activation_function
+        self.no_object_weight = no_object_weight
+        self.cross_entropy_weight = cross_entropy_weight
+        self.mask_weight = mask_weight
+        self.dice_weight = dice_weight
+        self.use_auxiliary_loss = use_auxiliary_loss
+        self.output_auxiliary_logits = output_auxiliary_logits
+        self.init_std = init_std
+        self.init_xavier_std = init_xavier_std
+        super().__init__(**kwargs)
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field whose value cannot work."""
+
+        def need(ok: bool, field: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"MaskFormerConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
+
+        need(self.backbone_config is not None or bool(self.backbone), "backbone", "a timm model name (or a backbone_config)")
+        for field in ("num_queries", "hidden_size", "decoder_layers", "decoder_attention_heads", "decoder_ffn_dim",
+                      "encoder_attention_heads", "encoder_ffn_dim", "fpn_feature_size", "mask_feature_size"):
+            value = getattr(self, field)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field, "a positive integer")
+        need(isinstance(self.encoder_layers, int) and self.encoder_layers >= 0, "encoder_layers", "an integer >= 0")
+        need(self.hidden_size % self.decoder_attention_heads == 0, "decoder_attention_heads",
+             f"a divisor of hidden_size={self.hidden_size}")
+        need(self.hidden_size % self.encoder_attention_heads == 0, "encoder_attention_heads",
+             f"a divisor of hidden_size={self.hidden_size}")
+        need(self.hidden_size % 2 == 0, "hidden_size", "an even number (half the channels encode y, half x)")
+        need(self.fpn_feature_size % 32 == 0, "fpn_feature_size", "a multiple of 32 (GroupNorm with 32 groups)")
+        for field in ("dropout", "attention_dropout", "activation_dropout"):
+            need(0.0 <= getattr(self, field) < 1.0, field, "a probability in [0, 1)")
+        need(self.activation_function in _ACTIVATIONS, "activation_function", f"one of {_ACTIVATIONS}")
+        for field in ("no_object_weight", "cross_entropy_weight", "mask_weight", "dice_weight", "init_std",
+                      "init_xavier_std"):
+            need(getattr(self, field) >= 0.0, field, "a non-negative number")
+        need(self.num_labels >= 1, "num_labels", "at least one class")
+        need(isinstance(self.backbone_kwargs, dict), "backbone_kwargs", "a dict")
+
+    @property
+    def num_auxiliary_outputs(self) -> int:
+        """Number of earlier decoder layers whose predictions are supervised (5 for 6 layers)."""
+        return self.decoder_layers - 1
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "MaskFormerConfig":
+        """Build the config of a paper variant, e.g. ``from_preset("swin-tiny", num_labels=150)``."""
+        if name not in PRESETS:
+            raise ValueError(f"from_preset: unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        values = copy.deepcopy(PRESETS[name])
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        if isinstance(self.backbone_config, PretrainedConfig):
+            output["backbone_config"] = self.backbone_config.to_dict()
+        return output

@@ -1,0 +1,314 @@
+"""MaskFormer: backbone -> pixel decoder -> transformer module -> class and mask heads (SPEC §2).
+
+Read top to bottom: the output dataclasses, the pre-trained base class (initialisation, loading of
+transformers checkpoints), :class:`MaskFormerModel` and :class:`MaskFormerForUniversalSegmentation`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .backbones import MaskFormerBackbone
+from .configuration_maskformer import MaskFormerConfig
+from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, mask_logits
+from .transformer_decoder import DecoderLayer, EncoderLayer, FeedForward, MaskFormerTransformerModule, MultiHeadAttention
+
+
+@dataclass
+class MaskFormerModelOutput(ModelOutput):
+    """Outputs of :class:`MaskFormerModel`.
+
+    Args:
+        encoder_last_hidden_state: `(batch_size, C_32, H/32, W/32)`, the backbone's stride-32 map.
+        pixel_decoder_last_hidden_state: `(batch_size, mask_feature_size, H/4, W/4)`, per-pixel embeddings.
+        transformer_decoder_last_hidden_state: `(batch_size, num_queries, hidden_size)`.
+        encoder_hidden_states: on request, the four backbone maps (strides 4, 8, 16, 32).
+        pixel_decoder_hidden_states: on request, the FPN maps (strides 16, 8, 4).
+        transformer_decoder_hidden_states: on request, every decoder layer's normalised output,
+            each `(batch_size, num_queries, hidden_size)`.
+        hidden_states: on request, the three tuples above concatenated.
+    """
+
+    encoder_last_hidden_state: Tensor | None = None
+    pixel_decoder_last_hidden_state: Tensor | None = None
+    transformer_decoder_last_hidden_state: Tensor | None = None
+    encoder_hidden_states: tuple[Tensor, ...] | None = None
+    pixel_decoder_hidden_states: tuple[Tensor, ...] | None = None
+    transformer_decoder_hidden_states: tuple[Tensor, ...] | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class MaskFormerForUniversalSegmentationOutput(ModelOutput):
+    """Outputs of :class:`MaskFormerForUniversalSegmentation` (field names as in transformers).
+
+    Args:
+        loss: scalar training loss, when labels are given.
+        loss_dict: every weighted loss term per supervised layer, for logging.
+        class_queries_logits: `(batch_size, num_queries, num_labels + 1)`; the last class is "no object".
+        masks_queries_logits: `(batch_size, num_queries, H/4, W/4)` mask logits (sigmoid -> probability).
+        auxiliary_logits: one dict per earlier decoder layer (``decoder_layers - 1`` of them) with
+            ``class_queries_logits`` and ``masks_queries_logits`` of the shapes above.
+        encoder_last_hidden_state, pixel_decoder_last_hidden_state, transformer_decoder_last_hidden_state,
+        encoder_hidden_states, pixel_decoder_hidden_states, transformer_decoder_hidden_states,
+        hidden_states: as in :class:`MaskFormerModelOutput`; the per-pixel embeddings are only
+            materialised when ``output_hidden_states`` is set (the heads fold the mask projection).
+    """
+
+    loss: Tensor | None = None
+    loss_dict: dict[str, Tensor] | None = None
+    class_queries_logits: Tensor | None = None
+    masks_queries_logits: Tensor | None = None
+    auxiliary_logits: list[dict[str, Tensor]] | None = None
+    encoder_last_hidden_state: Tensor | None = None
+    pixel_decoder_last_hidden_state: Tensor | None = None
+    transformer_decoder_last_hidden_state: Tensor | None = None
+    encoder_hidden_states: tuple[Tensor, ...] | None = None
+    pixel_decoder_hidden_states: tuple[Tensor, ...] | None = None
+    transformer_decoder_hidden_states: tuple[Tensor, ...] | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class MaskFormerFeatures:
+    """Everything one pass through the body computes, before any head (internal hand-over)."""
+
+    backbone_maps: list[Tensor]  # four (B, C_i, H/s_i, W/s_i)
+    fpn_maps: list[Tensor]  # strides 16, 8, 4, each (B, fpn_feature_size, h, w)
+    decoder_states: Tensor  # (num_decoder_layers, B, num_queries, hidden_size), normalised
+
+
+class MaskFormerPreTrainedModel(PreTrainedModel):
+    config_class = MaskFormerConfig
+    config: MaskFormerConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only our own modules: the backbone keeps its library's initialisation (or its ImageNet weights).
+        gain = self.config.init_xavier_std
+        if isinstance(module, ConvNorm):
+            init.xavier_uniform_(module.conv.weight, gain=gain)
+            init.ones_(module.norm.weight)
+            init.zeros_(module.norm.bias)
+        elif isinstance(module, MaskFormerPixelDecoder):
+            init.xavier_uniform_(module.mask_projection.weight, gain=gain)
+            init.zeros_(module.mask_projection.bias)
+        elif isinstance(module, (MultiHeadAttention, FeedForward, MaskEmbedder)):
+            for linear in module.modules():
+                if isinstance(linear, nn.Linear):
+                    init.xavier_uniform_(linear.weight, gain=gain)
+                    init.zeros_(linear.bias)
+        elif isinstance(module, (EncoderLayer, DecoderLayer, MaskFormerTransformerModule)):
+            for norm in module.children():
+                if isinstance(norm, nn.LayerNorm):
+                    init.ones_(norm.weight)
+                    init.zeros_(norm.bias)
+            if isinstance(module, MaskFormerTransformerModule):
+                if isinstance(module.input_projection, nn.Conv2d):
+                    init.xavier_uniform_(module.input_projection.weight, gain=gain)
+                    init.zeros_(module.input_projection.bias)
+                init.normal_(module.query_embeddings.weight, std=self.config.init_std)
+        elif isinstance(module, MaskFormerForUniversalSegmentation):
+            init.xavier_uniform_(module.class_predictor.weight, gain=gain)
+            init.zeros_(module.class_predictor.bias)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load our checkpoint, or a transformers MaskFormer checkpoint (``model_type: "maskformer"``),
+        converted on the fly. ImageNet backbone weights are never fetched again when loading."""
+        from .conversion import is_transformers_checkpoint
+
+        if is_transformers_checkpoint(pretrained_model_name_or_path, **_hub_kwargs(kwargs)):
+            if cls is not MaskFormerForUniversalSegmentation:
+                raise ValueError(
+                    f"{cls.__name__}.from_pretrained: {pretrained_model_name_or_path} is a transformers MaskFormer "
+                    "checkpoint; load it with MaskFormerForUniversalSegmentation.from_pretrained"
+                )
+            from .conversion import convert_from_transformers
+
+            return convert_from_transformers(pretrained_model_name_or_path, **_hub_kwargs(kwargs))
+        if "config" not in kwargs:
+            kwargs["use_pretrained_backbone"] = False
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    keys = ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder")
+    return {k: kwargs[k] for k in keys if k in kwargs}
+
+
+class MaskFormerModel(MaskFormerPreTrainedModel):
+    """Backbone, pixel decoder and transformer module; no heads.
+
+    ``pixel_mask`` `(batch_size, H, W)` (1 = real pixel, 0 = padding) is honoured: each image of a
+    padded batch gives the same result as the image alone (see :mod:`maskformer_hf.backbones`).
+    """
+
+    def __init__(self, config: MaskFormerConfig) -> None:
+        super().__init__(config)
+        self.backbone = MaskFormerBackbone(config)
+        self.pixel_decoder = MaskFormerPixelDecoder(
+            self.backbone.channels, config.fpn_feature_size, config.mask_feature_size
+        )
+        self.transformer_module = MaskFormerTransformerModule(
+            in_channels=self.backbone.channels[-1],
+            hidden_size=config.hidden_size,
+            num_queries=config.num_queries,
+            encoder_layers=config.encoder_layers,
+            encoder_attention_heads=config.encoder_attention_heads,
+            encoder_ffn_dim=config.encoder_ffn_dim,
+            decoder_layers=config.decoder_layers,
+            decoder_attention_heads=config.decoder_attention_heads,
+            decoder_ffn_dim=config.decoder_ffn_dim,
+            dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+            activation_function=config.activation_function,
+            activation_dropout=config.activation_dropout,
+        )
+        self.post_init()
+
+    def compute_features(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> MaskFormerFeatures:
+        """Run backbone, FPN and transformer; the heads (and the mask projection) are left to the caller."""
+        if not isinstance(pixel_values, Tensor) or pixel_values.dim() != 4:
+            got = tuple(pixel_values.shape) if isinstance(pixel_values, Tensor) else type(pixel_values).__name__
+            raise ValueError(f"pixel_values: expected a (batch_size, channels, height, width) tensor, got {got}")
+        if pixel_mask is not None and pixel_mask.shape != (pixel_values.shape[0], *pixel_values.shape[2:]):
+            raise ValueError(
+                f"pixel_mask: expected shape {(pixel_values.shape[0], *pixel_values.shape[2:])} "
+                f"(batch_size, height, width), got {tuple(pixel_mask.shape)}"
+            )
+        backbone_maps, masks = self.backbone(pixel_values, pixel_mask)
+        fpn_maps = self.pixel_decoder(backbone_maps, masks)
+        decoder_states = self.transformer_module(backbone_maps[-1], None if masks is None else masks[-1])
+        return MaskFormerFeatures(backbone_maps, fpn_maps, decoder_states)
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> MaskFormerModelOutput | tuple:
+        output_hidden_states = _flag(output_hidden_states, self.config.output_hidden_states)
+        return_dict = _flag(return_dict, self.config.return_dict)
+        features = self.compute_features(pixel_values, pixel_mask)
+        output = MaskFormerModelOutput(
+            encoder_last_hidden_state=features.backbone_maps[-1],
+            pixel_decoder_last_hidden_state=self.pixel_decoder.mask_projection(features.fpn_maps[-1]),
+            transformer_decoder_last_hidden_state=features.decoder_states[-1],
+            **_hidden_states(features, output_hidden_states),
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _flag(value: bool | None, default: bool | None) -> bool:
+    return bool(default) if value is None else bool(value)
+
+
+def _hidden_states(features: MaskFormerFeatures, wanted: bool) -> dict[str, Any]:
+    if not wanted:
+        return {}
+    encoder, fpn, decoder = tuple(features.backbone_maps), tuple(features.fpn_maps), tuple(features.decoder_states)
+    return dict(encoder_hidden_states=encoder, pixel_decoder_hidden_states=fpn,
+                transformer_decoder_hidden_states=decoder, hidden_states=encoder + fpn + decoder)
+
+
+class MaskEmbedder(nn.Module):
+    """The mask head: an MLP with two hidden layers, ReLU between (SPEC §2.4)."""
+
+    def __init__(self, hidden_size: int, mask_feature_size: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [nn.Linear(hidden_size, hidden_size), nn.Linear(hidden_size, hidden_size),
+             nn.Linear(hidden_size, mask_feature_size)]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """`(..., hidden_size)` -> `(..., mask_feature_size)`."""
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
+    """MaskFormer with its class head (K + 1 classes) and mask head; semantic, instance and panoptic
+    segmentation all come from these two outputs (post-processing in :mod:`maskformer_hf.inference`)."""
+
+    def __init__(self, config: MaskFormerConfig) -> None:
+        super().__init__(config)
+        self.model = MaskFormerModel(config)
+        self.class_predictor = nn.Linear(config.hidden_size, config.num_labels + 1)
+        self.mask_embedder = MaskEmbedder(config.hidden_size, config.mask_feature_size)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        mask_labels: list[Tensor] | None = None,
+        class_labels: list[Tensor] | None = None,
+        output_hidden_states: bool | None = None,
+        output_auxiliary_logits: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> MaskFormerForUniversalSegmentationOutput | tuple:
+        r"""Predict N (class, mask) pairs per image.
+
+        Args:
+            pixel_values: `(batch_size, 3, H, W)` normalised images.
+            pixel_mask: `(batch_size, H, W)`, 1 on real pixels, 0 on padding; honoured.
+            mask_labels: per image, `(num_segments_i, H, W)` binary masks (training).
+            class_labels: per image, `(num_segments_i,)` class indices (training).
+            output_hidden_states: also return backbone, FPN and decoder states.
+            output_auxiliary_logits: return the earlier decoder layers' predictions (default: the
+                config's ``output_auxiliary_logits``, else ``use_auxiliary_loss``).
+        """
+        if kwargs.get("output_attentions"):
+            raise ValueError("output_attentions: not supported, attention runs through scaled_dot_product_attention")
+        config = self.config
+        output_hidden_states = _flag(output_hidden_states, config.output_hidden_states)
+        return_dict = _flag(return_dict, config.return_dict)
+        if output_auxiliary_logits is None:
+            output_auxiliary_logits = _flag(config.output_auxiliary_logits, config.use_auxiliary_loss)
+
+        features = self.model.compute_features(pixel_values, pixel_mask)
+        states = features.decoder_states  # (L, B, Q, D)
+        if not output_auxiliary_logits:
+            states = states[-1:]
+        class_logits = self.class_predictor(states)  # (L', B, Q, K+1)
+        mask_embeddings = self.mask_embedder(states).transpose(0, 1)  # (B, L', Q, C_E)
+        fpn_map = features.fpn_maps[-1]
+        pixel_embeddings = None
+        if output_hidden_states:
+            pixel_embeddings = self.model.pixel_decoder.mask_projection(fpn_map)
+            masks = torch.einsum("blqc,bchw->lbqhw", mask_embeddings, pixel_embeddings)
+        else:
+            masks = mask_logits(mask_embeddings, fpn_map, self.model.pixel_decoder.mask_projection).transpose(0, 1)
+        auxiliary_logits = [
+            {"class_queries_logits": c, "masks_queries_logits": m} for c, m in zip(class_logits[:-1], masks[:-1])
+        ]
+        output = MaskFormerForUniversalSegmentationOutput(
+            loss=None,
+            class_queries_logits=class_logits[-1],
+            masks_queries_logits=masks[-1],
+            auxiliary_logits=auxiliary_logits if output_auxiliary_logits else None,
+            encoder_last_hidden_state=features.backbone_maps[-1],
+            pixel_decoder_last_hidden_state=pixel_embeddings,
+            transformer_decoder_last_hidden_state=features.decoder_states[-1],
+            **_hidden_states(features, output_hidden_states),
+        )
+        return output if return_dict else output.to_tuple()

@@ -1,0 +1,130 @@
+"""Pixel decoder (SPEC §2.2): a light FPN from stride 32 to stride 4, then the mask projection.
+
+Padding-aware: when the backbone reports each image's valid region (``masks``), GroupNorm
+statistics are taken over valid positions only and padded positions are zeroed before every
+convolution, so a padded image gives the same maps on its valid region as the image alone (a
+convolution at an image border sees zeros either way).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def masked_group_norm(x: Tensor, norm: nn.GroupNorm, mask: Tensor | None) -> Tensor:
+    """GroupNorm whose statistics ignore padded positions.
+
+    Args:
+        x: `(batch_size, channels, height, width)`.
+        norm: the ``nn.GroupNorm`` holding ``num_groups``, ``eps`` and the affine parameters.
+        mask: `(batch_size, height, width)` bool, True on valid positions, or None (all valid).
+
+    Returns:
+        `(batch_size, channels, height, width)`; padded positions are zero.
+    """
+    if mask is None:
+        return norm(x)
+    batch_size, channels, height, width = x.shape
+    groups = norm.num_groups
+    valid = mask.to(x.dtype).view(batch_size, 1, 1, height * width)
+    grouped = x.view(batch_size, groups, channels // groups, height * width)
+    count = valid.sum(dim=-1, keepdim=True) * (channels // groups)  # (B, 1, 1, 1)
+    mean = (grouped * valid).sum(dim=(2, 3), keepdim=True) / count
+    centred = (grouped - mean) * valid
+    var = centred.pow(2).sum(dim=(2, 3), keepdim=True) / count
+    out = (centred * torch.rsqrt(var + norm.eps)).view(batch_size, channels, height, width)
+    if norm.affine:
+        out = out * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+    return out * mask[:, None].to(x.dtype)
+
+
+def zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Zero the padded positions of `(batch_size, channels, height, width)` (no-op without a mask)."""
+    return x if mask is None else x * mask[:, None].to(x.dtype)
+
+
+class ConvNorm(nn.Module):
+    """Conv (no bias) + GroupNorm(32) [+ ReLU]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, activation: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = nn.GroupNorm(32, out_channels)
+        self.activation = activation
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = masked_group_norm(self.conv(x), self.norm, mask)
+        return F.relu(x, inplace=True) if self.activation else x
+
+
+class MaskFormerPixelDecoder(nn.Module):
+    """FPN over the four backbone maps, then a 3x3 "mask projection" to per-pixel embeddings.
+
+    Args:
+        in_channels: channels of the backbone maps at strides 4, 8, 16, 32.
+        feature_size: channels of every FPN map (256).
+        mask_feature_size: channels C_E of the per-pixel embeddings (256).
+    """
+
+    def __init__(self, in_channels: list[int], feature_size: int = 256, mask_feature_size: int = 256) -> None:
+        super().__init__()
+        self.stem = ConvNorm(in_channels[-1], feature_size, 3, activation=True)
+        # Coarse to fine: index 0 merges the stride-16 map, index 2 the stride-4 map.
+        self.lateral_convs = nn.ModuleList(ConvNorm(c, feature_size, 1, activation=False) for c in in_channels[-2::-1])
+        self.output_convs = nn.ModuleList(ConvNorm(feature_size, feature_size, 3, activation=True) for _ in in_channels[:-1])
+        self.mask_projection = nn.Conv2d(feature_size, mask_feature_size, kernel_size=3, padding=1)
+
+    def forward(self, features: list[Tensor], masks: list[Tensor] | None = None) -> list[Tensor]:
+        """Run the FPN.
+
+        Args:
+            features: four maps `(batch_size, C_i, H_i, W_i)` at strides 4, 8, 16, 32.
+            masks: None, or four bool maps `(batch_size, H_i, W_i)` of valid positions.
+
+        Returns:
+            The FPN maps at strides 16, 8 and 4, each `(batch_size, feature_size, H_i, W_i)`, padded
+            positions zeroed; the last one is the input of :attr:`mask_projection`.
+        """
+        masks = masks if masks is not None else [None] * len(features)
+        output = zero_padding(self.stem(features[-1], masks[-1]), masks[-1])
+        fpn_maps = []
+        for lateral, block, feature, mask in zip(self.lateral_convs, self.output_convs, features[-2::-1], masks[-2::-1]):
+            output = lateral(feature, mask) + F.interpolate(output, size=feature.shape[-2:], mode="nearest")
+            output = zero_padding(block(zero_padding(output, mask), mask), mask)
+            fpn_maps.append(output)
+        return fpn_maps
+
+
+def mask_logits(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn.Conv2d) -> Tensor:
+    """Mask logits ``m[b, q] = E_mask[b, q] . E_pixel[b]`` with ``E_pixel = projection(fpn_map)``.
+
+    When fewer masks than embedding channels are wanted (``L * Q < C_E``), the projection is folded
+    into the per-mask embeddings: a 3x3 convolution with ``Q`` outputs per image instead of ``C_E``,
+    the same numbers (up to float rounding) for a fraction of the compute.
+
+    Args:
+        mask_embeddings: `(batch_size, num_layers, num_queries, C_E)`.
+        fpn_map: `(batch_size, feature_size, H, W)` at stride 4.
+        projection: the 3x3 ``Conv2d(feature_size, C_E)``.
+
+    Returns:
+        `(batch_size, num_layers, num_queries, H, W)`.
+    """
+    batch_size, num_layers, num_queries, channels = mask_embeddings.shape
+    height, width = fpn_map.shape[-2:]
+    if num_layers * num_queries >= channels:
+        pixel_embeddings = projection(fpn_map)  # (B, C_E, H, W)
+        return torch.einsum("blqc,bchw->blqhw", mask_embeddings, pixel_embeddings)
+    embeddings = mask_embeddings.reshape(batch_size, num_layers * num_queries, channels)
+    weight = torch.einsum("bnc,cdij->bndij", embeddings, projection.weight)  # (B, L*Q, C_in, 3, 3)
+    bias = embeddings @ projection.bias  # (B, L*Q)
+    logits = F.conv2d(
+        fpn_map.reshape(1, batch_size * fpn_map.shape[1], height, width),
+        weight.reshape(batch_size * num_layers * num_queries, *weight.shape[2:]),
+        bias.reshape(-1),
+        padding=projection.padding,
+        groups=batch_size,
+    )
+    return logits.view(batch_size, num_layers, num_queries, height, width)

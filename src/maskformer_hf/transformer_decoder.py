@@ -1,0 +1,190 @@
+"""Transformer module (SPEC §2.3): sine positional encoding, optional DETR encoder, DETR decoder.
+
+Post-norm layers as in DETR; attention runs through ``F.scaled_dot_product_attention``. Padded
+positions of the stride-32 map (``mask``) are removed from every attention over image tokens and
+from the positional encoding's normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+def sine_position_encoding(
+    mask: Tensor, num_features: int, temperature: float = 10000.0, scale: float = 2 * math.pi, dtype=torch.float32
+) -> Tensor:
+    """Normalised 2-D sine/cosine encoding of DETR.
+
+    Args:
+        mask: `(batch_size, height, width)` bool, True on valid positions.
+        num_features: features per axis (half the model width); the output has ``2 * num_features``.
+
+    Returns:
+        `(batch_size, height * width, 2 * num_features)`: y features first, then x; each axis
+        interleaves sin/cos over frequencies ``temperature ** (2 * (i // 2) / num_features)``.
+        Coordinates run 1..n over valid positions and are divided by n (+1e-6), times ``scale``.
+    """
+    valid = mask.to(torch.float32)
+    y_embed = valid.cumsum(1)
+    x_embed = valid.cumsum(2)
+    eps = 1e-6
+    y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
+    x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
+    dim_t = torch.arange(num_features, dtype=torch.float32, device=mask.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_features)
+    pos_x = x_embed[..., None] / dim_t  # (B, H, W, F)
+    pos_y = y_embed[..., None] / dim_t
+    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
+    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+    return torch.cat((pos_y, pos_x), dim=3).flatten(1, 2).to(dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate q/k/v/out projections and SDPA."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """query `(B, Lq, D)`, key/value `(B, Lk, D)`, key_mask `(B, Lk)` bool (True = attend) -> `(B, Lq, D)`."""
+        batch_size, length, hidden = query.shape
+
+        def heads(x: Tensor) -> Tensor:
+            return x.view(batch_size, -1, self.num_heads, hidden // self.num_heads).transpose(1, 2)
+
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            heads(self.q_proj(query)),
+            heads(self.k_proj(key)),
+            heads(self.v_proj(value)),
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(batch_size, length, hidden))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, hidden_size: int, ffn_dim: int, activation: str, activation_dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, hidden_size)
+        self.activation = _ACTIVATIONS[activation]
+        self.activation_dropout = activation_dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.dropout(self.activation(self.fc1(x)), self.activation_dropout, self.training)
+        return self.fc2(x)
+
+
+class EncoderLayer(nn.Module):
+    """DETR encoder layer: self-attention over image tokens (+ positions on q and k), FFN; post-norm."""
+
+    def __init__(self, hidden_size: int, heads: int, ffn_dim: int, dropout: float, attention_dropout: float,
+                 activation: str, activation_dropout: float) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(hidden_size, heads, attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(hidden_size)
+        self.ffn = FeedForward(hidden_size, ffn_dim, activation, activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(hidden_size)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, pos: Tensor, key_mask: Tensor | None) -> Tensor:
+        q = x + pos
+        x = self.self_attn_layer_norm(x + F.dropout(self.self_attn(q, q, x, key_mask), self.dropout, self.training))
+        return self.final_layer_norm(x + F.dropout(self.ffn(x), self.dropout, self.training))
+
+
+class DecoderLayer(nn.Module):
+    """DETR decoder layer: self-attention over queries, cross-attention to image tokens, FFN; post-norm.
+
+    Query positions are added to queries and keys of the self-attention and to the queries of the
+    cross-attention; image positions to the keys of the cross-attention; never to values.
+    """
+
+    def __init__(self, hidden_size: int, heads: int, ffn_dim: int, dropout: float, attention_dropout: float,
+                 activation: str, activation_dropout: float) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(hidden_size, heads, attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(hidden_size)
+        self.cross_attn = MultiHeadAttention(hidden_size, heads, attention_dropout)
+        self.cross_attn_layer_norm = nn.LayerNorm(hidden_size)
+        self.ffn = FeedForward(hidden_size, ffn_dim, activation, activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(hidden_size)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor,
+                memory_mask: Tensor | None) -> Tensor:
+        drop = lambda t: F.dropout(t, self.dropout, self.training)  # noqa: E731
+        q = x + query_pos
+        x = self.self_attn_layer_norm(x + drop(self.self_attn(q, q, x)))
+        x = self.cross_attn_layer_norm(x + drop(self.cross_attn(x + query_pos, memory + memory_pos, memory, memory_mask)))
+        return self.final_layer_norm(x + drop(self.ffn(x)))
+
+
+class MaskFormerTransformerModule(nn.Module):
+    """1x1 input projection, sine positions, optional encoder, decoder with a shared final LayerNorm.
+
+    Args:
+        in_channels: channels of the stride-32 backbone map.
+        hidden_size, num_queries, encoder_layers, decoder_layers, ...: see :class:`MaskFormerConfig`.
+    """
+
+    def __init__(self, in_channels: int, hidden_size: int, num_queries: int, encoder_layers: int,
+                 encoder_attention_heads: int, encoder_ffn_dim: int, decoder_layers: int,
+                 decoder_attention_heads: int, decoder_ffn_dim: int, dropout: float, attention_dropout: float,
+                 activation_function: str, activation_dropout: float) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        # A 1x1 projection to the model width; none needed when the backbone already has it.
+        self.input_projection = (
+            nn.Conv2d(in_channels, hidden_size, kernel_size=1) if in_channels != hidden_size else nn.Identity()
+        )
+        self.query_embeddings = nn.Embedding(num_queries, hidden_size)
+        common = dict(dropout=dropout, attention_dropout=attention_dropout, activation=activation_function,
+                      activation_dropout=activation_dropout)
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(hidden_size, encoder_attention_heads, encoder_ffn_dim, **common) for _ in range(encoder_layers)
+        )
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(hidden_size, decoder_attention_heads, decoder_ffn_dim, **common) for _ in range(decoder_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, image_features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Decode the queries.
+
+        Args:
+            image_features: `(batch_size, in_channels, h, w)`, the stride-32 backbone map.
+            mask: `(batch_size, h, w)` bool, True on valid positions, or None (all valid).
+
+        Returns:
+            `(num_decoder_layers, batch_size, num_queries, hidden_size)`: every layer's output after
+            the shared final LayerNorm; the last entry is the model's output.
+        """
+        batch_size, _, height, width = image_features.shape
+        memory = self.input_projection(image_features).flatten(2).transpose(1, 2)  # (B, h*w, D)
+        position_mask = mask if mask is not None else memory.new_ones(batch_size, height, width, dtype=torch.bool)
+        memory_pos = sine_position_encoding(position_mask, self.hidden_size // 2, dtype=memory.dtype)
+        key_mask = None if mask is None else mask.flatten(1)  # (B, h*w)
+        for layer in self.encoder_layers:
+            memory = layer(memory, memory_pos, key_mask)
+
+        query_pos = self.query_embeddings.weight.unsqueeze(0).expand(batch_size, -1, -1)  # (B, Q, D)
+        x = torch.zeros_like(query_pos)
+        outputs = []
+        for layer in self.decoder_layers:
+            x = layer(x, query_pos, memory, memory_pos, key_mask)
+            outputs.append(self.decoder_norm(x))
+        return torch.stack(outputs)

@@ -1,0 +1,49 @@
+"""Tiny models shared by the tests: ours and transformers' (the oracle), built offline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import MaskFormerConfig as HFMaskFormerConfig
+from transformers import MaskFormerForInstanceSegmentation, ResNetConfig, SwinConfig
+
+from maskformer_hf import MaskFormerConfig
+
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+
+def tiny_hf_backbone_config(kind: str):
+    if kind == "swin":
+        return SwinConfig(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=4, image_size=64,
+                          out_features=STAGES)
+    if kind == "resnet":
+        return ResNetConfig(embedding_size=16, hidden_sizes=[32, 64, 96, 128], depths=[1, 1, 1, 1],
+                            layer_type="bottleneck", out_features=STAGES)
+    raise ValueError(kind)
+
+
+def tiny_hf_model(kind: str, num_labels: int = 5, seed: int = 0) -> MaskFormerForInstanceSegmentation:
+    """A randomly initialised transformers MaskFormer with a tiny Swin or ResNet backbone."""
+    torch.manual_seed(seed)
+    config = HFMaskFormerConfig(
+        backbone_config=tiny_hf_backbone_config(kind),
+        num_labels=num_labels,
+        decoder_config=dict(model_type="detr", decoder_layers=3, d_model=64, decoder_ffn_dim=96, num_queries=10,
+                            decoder_attention_heads=4),
+        fpn_feature_size=32,
+        mask_feature_size=32,
+    )
+    return MaskFormerForInstanceSegmentation(config).eval()
+
+
+def tiny_config(**overrides) -> MaskFormerConfig:
+    """Our tiny config: timm ResNet-18 features, 32-wide FPN, 3 decoder layers of width 64."""
+    values = dict(backbone="resnet18", num_labels=4, num_queries=8, hidden_size=64, decoder_layers=3,
+                  decoder_attention_heads=4, decoder_ffn_dim=96, fpn_feature_size=32, mask_feature_size=32)
+    values.update(overrides)
+    return MaskFormerConfig(**values)
+
+
+@pytest.fixture(params=["swin", "resnet"])
+def hf_kind(request) -> str:
+    return request.param
