@@ -84,6 +84,8 @@ def test_convert_script(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts/convert_transformers_checkpoint.py"), str(src), str(dst)],
                    check=True, capture_output=True)
     assert (dst / "model.safetensors").is_file()
+    card = (dst / "README.md").read_text()
+    assert str(src) in card and "classes: 5" in card
     model = AutoModelForUniversalSegmentation.from_pretrained(dst)
     assert isinstance(model, MaskFormerForUniversalSegmentation)
     class_diff, mask_diff = max_diffs(hf_model, model.eval(), torch.randn(1, 3, 64, 96))

@@ -181,7 +181,8 @@ class MaskFormerTransformerModule(nn.Module):
         for layer in self.encoder_layers:
             memory = layer(memory, memory_pos, key_mask)
 
-        query_pos = self.query_embeddings.weight.unsqueeze(0).expand(batch_size, -1, -1)  # (B, Q, D)
+        query_pos = self.query_embeddings.weight.unsqueeze(0).repeat(batch_size, 1, 1)  # (B, Q, D), a copy: views
+        # of a parameter made under no_grad confuse autograd-based tools (FlopCounterMode)
         x = torch.zeros_like(query_pos)
         outputs = []
         for layer in self.decoder_layers:

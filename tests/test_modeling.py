@@ -1,0 +1,184 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForImageSegmentation, AutoModelForUniversalSegmentation
+
+from maskformer_hf import MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerModel
+from maskformer_hf.pixel_decoder import mask_logits
+
+from conftest import tiny_config, tiny_hf_backbone_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MaskFormerForUniversalSegmentation(tiny_config()).eval()
+
+
+def test_output_shapes(model):
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 96, 160))
+    assert out.class_queries_logits.shape == (2, 8, 5)
+    assert out.masks_queries_logits.shape == (2, 8, 24, 40)
+    assert len(out.auxiliary_logits) == 2  # decoder_layers - 1
+    for aux in out.auxiliary_logits:
+        assert aux["class_queries_logits"].shape == (2, 8, 5)
+        assert aux["masks_queries_logits"].shape == (2, 8, 24, 40)
+    assert out.loss is None and out.pixel_decoder_last_hidden_state is None and out.hidden_states is None
+    assert out.transformer_decoder_last_hidden_state.shape == (2, 8, 64)
+
+
+def test_default_config_has_five_auxiliary_outputs():
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config(decoder_layers=6)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+        fast = model(torch.randn(1, 3, 64, 64), output_auxiliary_logits=False)
+    assert len(out.auxiliary_logits) == 5
+    assert fast.auxiliary_logits is None
+
+
+def test_hidden_states_and_folded_projection_agree(model):
+    """The folded mask projection gives the same logits as E_mask . (projection(F))."""
+    pixel_values = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        plain = model(pixel_values, output_hidden_states=True, output_auxiliary_logits=False)
+        folded = model(pixel_values, output_auxiliary_logits=False)
+    assert len(plain.encoder_hidden_states) == 4 and len(plain.pixel_decoder_hidden_states) == 3
+    assert len(plain.transformer_decoder_hidden_states) == 3
+    assert plain.pixel_decoder_last_hidden_state.shape == (2, 32, 16, 24)
+    torch.testing.assert_close(plain.masks_queries_logits, folded.masks_queries_logits, atol=1e-4, rtol=1e-4)
+    expected = torch.einsum("bqc,bchw->bqhw", model.mask_embedder(plain.transformer_decoder_last_hidden_state),
+                            plain.pixel_decoder_last_hidden_state)
+    torch.testing.assert_close(folded.masks_queries_logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_mask_logits_both_paths():
+    torch.manual_seed(0)
+    projection = torch.nn.Conv2d(16, 32, 3, padding=1)
+    fpn_map = torch.randn(2, 16, 10, 12)
+    embeddings = torch.randn(2, 1, 5, 32)  # 5 < 32 channels: folded
+    many = torch.randn(2, 2, 20, 32)  # 40 >= 32: explicit
+    reference = lambda e: torch.einsum("blqc,bchw->blqhw", e, projection(fpn_map))  # noqa: E731
+    torch.testing.assert_close(mask_logits(embeddings, fpn_map, projection), reference(embeddings), atol=1e-4, rtol=0)
+    torch.testing.assert_close(mask_logits(many, fpn_map, projection), reference(many), atol=1e-4, rtol=0)
+
+
+def test_base_model_outputs():
+    torch.manual_seed(0)
+    base = MaskFormerModel(tiny_config()).eval()
+    with torch.no_grad():
+        out = base(torch.randn(1, 3, 64, 64))
+    assert out.pixel_decoder_last_hidden_state.shape == (1, 32, 16, 16)
+    assert out.encoder_last_hidden_state.shape == (1, 512, 2, 2)
+    assert out.transformer_decoder_last_hidden_state.shape == (1, 8, 64)
+    assert isinstance(base(torch.randn(1, 3, 64, 64), return_dict=False), tuple)
+
+
+def test_save_load_round_trip_and_auto_classes(tmp_path, model):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    pixel_values = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(pixel_values)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), MaskFormerConfig)
+    for auto_class in (AutoModelForUniversalSegmentation, AutoModelForImageSegmentation):
+        loaded = auto_class.from_pretrained(tmp_path).eval()
+        assert isinstance(loaded, MaskFormerForUniversalSegmentation)
+        with torch.no_grad():
+            out = loaded(pixel_values)
+        torch.testing.assert_close(out.masks_queries_logits, expected.masks_queries_logits, atol=0, rtol=0)
+        torch.testing.assert_close(out.class_queries_logits, expected.class_queries_logits, atol=0, rtol=0)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), MaskFormerModel)
+
+
+def test_bad_inputs_raise(model):
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match="pixel_mask"):
+        model(torch.randn(1, 3, 64, 64), pixel_mask=torch.ones(1, 32, 32))
+    with pytest.raises(ValueError, match="valid"):
+        model(torch.randn(2, 3, 64, 64), pixel_mask=torch.stack([torch.ones(64, 64), torch.zeros(64, 64)]))
+    with pytest.raises(ValueError, match="output_attentions"):
+        model(torch.randn(1, 3, 64, 64), output_attentions=True)
+
+
+def test_timm_backbone_without_stride_4_is_rejected():
+    with pytest.raises(ValueError, match="strides"):
+        MaskFormerForUniversalSegmentation(tiny_config(backbone="vit_tiny_patch16_224"))
+
+
+@pytest.mark.parametrize("backbone", ["convnext_atto", "resnet10t"])
+def test_other_timm_backbones(backbone):
+    model = MaskFormerForUniversalSegmentation(tiny_config(backbone=backbone)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 72, 104))
+    assert out.masks_queries_logits.shape == (1, 8, 18, 26)
+
+
+def test_timm_swin_channels_last_features_are_permuted():
+    config = tiny_config(backbone="swin_tiny_patch4_window7_224", backbone_kwargs={"depths": (1, 1, 1, 1),
+                                                                                 "embed_dim": 32,
+                                                                                 "num_heads": (1, 1, 2, 2)})
+    model = MaskFormerForUniversalSegmentation(config).eval()
+    assert model.model.backbone.channels == [32, 64, 128, 256]
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 96, 128), output_hidden_states=True)
+    assert [tuple(f.shape[1:]) for f in out.encoder_hidden_states] == [(32, 24, 32), (64, 12, 16), (128, 6, 8),
+                                                                      (256, 3, 4)]
+
+
+def test_encoder_layers_run_and_honour_padding():
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config(encoder_layers=2)).eval()
+    assert len(model.model.transformer_module.encoder_layers) == 2
+    check_batch_consistency(model)
+
+
+def semantic_map(class_logits, mask_logits):
+    """argmax_c sum_q p_q(c) m_q[h, w] (SPEC §4), at mask resolution. (B,Q,K+1), (B,Q,h,w) -> (B,h,w)."""
+    probs = class_logits.softmax(-1)[..., :-1]
+    return torch.einsum("bqc,bqhw->bchw", probs, mask_logits.sigmoid()).argmax(1)
+
+
+def check_batch_consistency(model, small=(72, 100), large=(128, 160)):
+    """An image alone and padded inside a batch with a larger image: same semantic map and logits."""
+    torch.manual_seed(2)
+    image = torch.randn(3, *small)
+    other = torch.randn(3, *large)
+    batch = torch.zeros(2, 3, *large)
+    batch[0, :, : small[0], : small[1]] = image
+    batch[1] = other
+    pixel_mask = torch.zeros(2, *large, dtype=torch.long)
+    pixel_mask[0, : small[0], : small[1]] = 1
+    pixel_mask[1] = 1
+    with torch.no_grad():
+        alone = model(image[None])
+        alone_other = model(other[None])
+        batched = model(batch, pixel_mask=pixel_mask)
+    h, w = alone.masks_queries_logits.shape[-2:]
+    crop = batched.masks_queries_logits[:1, :, :h, :w]
+    agreement = (semantic_map(alone.class_queries_logits, alone.masks_queries_logits)
+                 == semantic_map(batched.class_queries_logits[:1], crop)).float().mean().item()
+    assert agreement >= 0.995
+    torch.testing.assert_close(crop, alone.masks_queries_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batched.class_queries_logits[:1], alone.class_queries_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batched.masks_queries_logits[1:], alone_other.masks_queries_logits, atol=1e-4, rtol=1e-4)
+    return agreement
+
+
+@pytest.mark.parametrize("backbone", ["timm-resnet", "hf-swin", "hf-resnet"])
+def test_batch_consistency(backbone):
+    torch.manual_seed(0)
+    if backbone == "timm-resnet":
+        config = tiny_config()
+    else:
+        config = tiny_config(backbone=None, backbone_config=tiny_hf_backbone_config(backbone[3:]))
+    check_batch_consistency(MaskFormerForUniversalSegmentation(config).eval())
+
+
+def test_unpadded_mask_is_the_fast_path(model):
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a = model(pixel_values)
+        b = model(pixel_values, pixel_mask=torch.ones(2, 64, 64, dtype=torch.long))
+    torch.testing.assert_close(a.masks_queries_logits, b.masks_queries_logits, atol=0, rtol=0)

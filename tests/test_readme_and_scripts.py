@@ -1,0 +1,33 @@
+"""README commands and scripts are code under test."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_python_blocks():
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_quickstart_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    quickstart = readme_python_blocks()[0]
+    namespace: dict = {}
+    exec(compile(quickstart, "README.md", "exec"), namespace)
+    assert (tmp_path / "my-maskformer" / "model.safetensors").is_file()
+    assert namespace["out"].masks_queries_logits.shape == (2, 100, 128, 128)
+
+
+def test_bench_forward_runs(tmp_path):
+    out = tmp_path / "forward.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_forward.py"), "--size", "96", "--repeats", "1",
+         "--output", str(out)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "speed-up ours/transformers" in result.stdout and out.is_file()
