@@ -53,20 +53,34 @@ def _load_swin_imagenet_weights(body: nn.Module, name_or_path: str) -> None:
     state_dict = load_checkpoint_state_dict(name_or_path)
     state_dict = {k.removeprefix("swin."): v for k, v in state_dict.items()}
     result = body.model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys:
-        raise ValueError(f"use_pretrained_backbone: {name_or_path} lacks backbone weights {result.missing_keys[:5]}")
+    # relative_position_index is a deterministic buffer that newer checkpoints do not store.
+    missing = [k for k in result.missing_keys if not k.endswith("relative_position_index")]
+    if missing:
+        raise ValueError(f"use_pretrained_backbone: {name_or_path} lacks backbone weights {missing[:5]}")
     logger.info("loaded ImageNet weights from %s (ignored: %s)", name_or_path, result.unexpected_keys)
+
+
+def _mark_initialised(module: nn.Module) -> None:
+    """Keep transformers' post_init of the enclosing model from re-initialising loaded weights."""
+    for submodule in module.modules():
+        submodule._is_hf_initialized = True
 
 
 def _build_transformers(config: MaskFormerConfig) -> nn.Module:
     from transformers import AutoBackbone
+    from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
     backbone_config = config.backbone_config
-    if config.use_pretrained_backbone and backbone_config.model_type != "maskformer-swin":
-        return AutoBackbone.from_pretrained(config.backbone, out_features=backbone_config.out_features)
-    body = AutoBackbone.from_config(backbone_config)
-    if config.use_pretrained_backbone:
+    if not config.use_pretrained_backbone:
+        return AutoBackbone.from_config(backbone_config)
+    if backbone_config.model_type == "maskformer-swin":
+        body = AutoBackbone.from_config(backbone_config)
         _load_swin_imagenet_weights(body, config.backbone)
+    else:
+        # The concrete class: AutoBackbone.from_pretrained asks the Hub even for a local folder.
+        backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(backbone_config)]
+        body = backbone_class.from_pretrained(config.backbone, out_features=backbone_config.out_features)
+    _mark_initialised(body)
     return body
 
 

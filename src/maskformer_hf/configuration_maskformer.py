@@ -59,25 +59,28 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _backbone_config_from(value: dict | PretrainedConfig | None) -> PretrainedConfig | None:
-    """Turn a backbone config given as a dict into a transformers config with four output stages."""
+    """A transformers backbone config (from a dict or a config) that outputs its last four stages."""
     if value is None:
         return None
-    if isinstance(value, dict):
-        value = dict(value)
-        model_type = value.pop("model_type", None)
-        if model_type is None:
-            raise ValueError("backbone_config: a dict needs a 'model_type' key (e.g. 'maskformer-swin', 'resnet')")
-        if model_type == "swin":  # old Hub checkpoints store plain Swin; MaskFormer-Swin is the same network
-            model_type = "maskformer-swin"
-        value.setdefault("out_features", ["stage1", "stage2", "stage3", "stage4"])
-        value.pop("stage_names", None)
-        value.pop("out_indices", None)
-        return AutoConfig.for_model(model_type, **value)
     if isinstance(value, PretrainedConfig):
-        if value.model_type == "swin":
-            return _backbone_config_from(value.to_dict())
-        return value
-    raise TypeError(f"backbone_config: expected a dict or a PretrainedConfig, got {type(value).__name__}")
+        value = value.to_dict()
+    if not isinstance(value, dict):
+        raise TypeError(f"backbone_config: expected a dict or a PretrainedConfig, got {type(value).__name__}")
+    value = dict(value)
+    model_type = value.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("backbone_config: a dict needs a 'model_type' key (e.g. 'maskformer-swin', 'resnet')")
+    if model_type == "swin":  # old Hub checkpoints store plain Swin; MaskFormer-Swin is the same network
+        model_type = "maskformer-swin"
+    value.pop("stage_names", None)  # derived from the depths
+    if len(value.get("out_features") or []) != 4:
+        value.pop("out_features", None)
+        value.pop("out_indices", None)
+    config = AutoConfig.for_model(model_type, **value)
+    stages = [name for name in getattr(config, "stage_names", []) if name != "stem"]
+    if len(getattr(config, "out_features", None) or []) != 4 and len(stages) >= 4:
+        config.out_features = stages[-4:]  # MaskFormer needs strides 4, 8, 16, 32
+    return config
 
 
 class MaskFormerConfig(PretrainedConfig):
