@@ -130,6 +130,10 @@ class MaskFormerConfig(PretrainedConfig):
         dice_weight: float = 1.0,  # weight of the dice mask term
         use_auxiliary_loss: bool = True,  # deep supervision on every earlier decoder layer
         output_auxiliary_logits: bool | None = None,  # None: follow use_auxiliary_loss
+        fixed_matching: bool = False,  # query c predicts class c (paper ablation, needs N >= K)
+        train_num_points: int = 0,  # 0: exact loss on full masks; else point-sampled mode (e.g. 12544)
+        oversample_ratio: float = 3.0,  # point mode: candidates per point for importance sampling
+        importance_sample_ratio: float = 0.75,  # point mode: share of points picked by uncertainty
         # --- initialisation -----------------------------------------------------------------------
         init_std: float = 0.02,  # std of normal inits (queries, linear layers of the transformer)
         init_xavier_std: float = 1.0,  # gain of the xavier inits of the pixel decoder and heads
@@ -159,6 +163,10 @@ class MaskFormerConfig(PretrainedConfig):
         self.dice_weight = dice_weight
         self.use_auxiliary_loss = use_auxiliary_loss
         self.output_auxiliary_logits = output_auxiliary_logits
+        self.fixed_matching = fixed_matching
+        self.train_num_points = train_num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
         self.init_std = init_std
         self.init_xavier_std = init_xavier_std
         super().__init__(**kwargs)
@@ -191,6 +199,12 @@ class MaskFormerConfig(PretrainedConfig):
                       "init_xavier_std"):
             need(getattr(self, field) >= 0.0, field, "a non-negative number")
         need(self.num_labels >= 1, "num_labels", "at least one class")
+        need(isinstance(self.train_num_points, int) and self.train_num_points >= 0, "train_num_points",
+             "an integer >= 0 (0 = full masks)")
+        need(self.oversample_ratio >= 1.0, "oversample_ratio", "a number >= 1")
+        need(0.0 <= self.importance_sample_ratio <= 1.0, "importance_sample_ratio", "a ratio in [0, 1]")
+        need(not self.fixed_matching or self.num_queries >= self.num_labels, "fixed_matching",
+             f"num_queries >= num_labels ({self.num_queries} < {self.num_labels})")
         need(isinstance(self.backbone_kwargs, dict), "backbone_kwargs", "a dict")
 
     @property

@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput
 
 from .backbones import MaskFormerBackbone
 from .configuration_maskformer import MaskFormerConfig
+from .loss_maskformer import MaskFormerLoss
 from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, mask_logits
 from .transformer_decoder import DecoderLayer, EncoderLayer, FeedForward, MaskFormerTransformerModule, MultiHeadAttention
 
@@ -253,6 +254,17 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
         self.model = MaskFormerModel(config)
         self.class_predictor = nn.Linear(config.hidden_size, config.num_labels + 1)
         self.mask_embedder = MaskEmbedder(config.hidden_size, config.mask_feature_size)
+        self.criterion = MaskFormerLoss(
+            config.num_labels,
+            no_object_weight=config.no_object_weight,
+            cross_entropy_weight=config.cross_entropy_weight,
+            mask_weight=config.mask_weight,
+            dice_weight=config.dice_weight,
+            fixed_matching=config.fixed_matching,
+            num_points=config.train_num_points,
+            oversample_ratio=config.oversample_ratio,
+            importance_sample_ratio=config.importance_sample_ratio,
+        )
         self.post_init()
 
     def forward(
@@ -264,6 +276,7 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_auxiliary_logits: bool | None = None,
         return_dict: bool | None = None,
+        num_masks: float | Tensor | None = None,
         **kwargs: Any,
     ) -> MaskFormerForUniversalSegmentationOutput | tuple:
         r"""Predict N (class, mask) pairs per image.
@@ -276,6 +289,8 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
             output_hidden_states: also return backbone, FPN and decoder states.
             output_auxiliary_logits: return the earlier decoder layers' predictions (default: the
                 config's ``output_auxiliary_logits``, else ``use_auxiliary_loss``).
+            num_masks: normaliser of the mask loss terms; default the number of segments in this
+                batch. Under data parallelism pass the global count divided by the world size.
         """
         if kwargs.get("output_attentions"):
             raise ValueError("output_attentions: not supported, attention runs through scaled_dot_product_attention")
@@ -285,9 +300,12 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
         if output_auxiliary_logits is None:
             output_auxiliary_logits = _flag(config.output_auxiliary_logits, config.use_auxiliary_loss)
 
+        if (mask_labels is None) != (class_labels is None):
+            raise ValueError("mask_labels and class_labels: pass both (training) or neither (inference)")
+        compute_loss = mask_labels is not None
         features = self.model.compute_features(pixel_values, pixel_mask)
         states = features.decoder_states  # (L, B, Q, D)
-        if not output_auxiliary_logits:
+        if not (output_auxiliary_logits or (compute_loss and config.use_auxiliary_loss)):
             states = states[-1:]
         class_logits = self.class_predictor(states)  # (L', B, Q, K+1)
         mask_embeddings = self.mask_embedder(states).transpose(0, 1)  # (B, L', Q, C_E)
@@ -301,8 +319,14 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
         auxiliary_logits = [
             {"class_queries_logits": c, "masks_queries_logits": m} for c, m in zip(class_logits[:-1], masks[:-1])
         ]
+        loss = loss_dict = None
+        if compute_loss:
+            supervised = slice(None) if config.use_auxiliary_loss else slice(-1, None)
+            loss, loss_dict = self.criterion(class_logits[supervised], masks[supervised], mask_labels, class_labels,
+                                             num_masks)
         output = MaskFormerForUniversalSegmentationOutput(
-            loss=None,
+            loss=loss,
+            loss_dict=loss_dict,
             class_queries_logits=class_logits[-1],
             masks_queries_logits=masks[-1],
             auxiliary_logits=auxiliary_logits if output_auxiliary_logits else None,

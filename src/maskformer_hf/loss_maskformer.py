@@ -1,0 +1,258 @@
+"""The set loss of MaskFormer (SPEC §3): cross-entropy over all queries + focal and dice on matches.
+
+``L = sum_j [ -log p_sigma(j)(c_j) + 1[c_j != no-object] (20 focal + 1 dice)(m_sigma(j), m_j) ]``,
+on the final decoder layer and, with deep supervision, on every earlier one (each layer matched on
+its own). Mask terms compare predictions bilinearly upsampled to the label resolution and are
+divided by ``num_masks``, the number of ground-truth segments (pass the global count, summed over
+processes and divided by the world size, when training on several).
+
+The mask terms on binary targets run through :class:`BinaryMaskLoss`, a fused autograd function
+that walks the matched masks a few at a time, computes loss and gradient together and keeps only
+the low-resolution gradient: the same numbers as the plain functions below, without the
+full-resolution activations autograd would otherwise hold for backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .matching import Indices, check_num_segments, fixed_match, hungarian_match, point_sample
+
+
+# --- plain reference functions (any targets, autograd) -------------------------------------------
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Per-mask sigmoid focal loss averaged over pixels: `(M, P)`, `(M, P)` -> `(M,)`."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_t * ce * (1 - p_t).pow(gamma)).mean(-1)
+
+
+def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-mask dice loss with +1 smoothing: `(M, P)`, `(M, P)` -> `(M,)`."""
+    prob = logits.sigmoid()
+    numerator = 2 * (prob * targets).sum(-1)
+    denominator = prob.sum(-1) + targets.sum(-1)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+# --- the fused path for binary targets --------------------------------------------------------------
+class BinaryMaskLoss(torch.autograd.Function):
+    """Per-mask focal (mean over pixels) and dice of upsampled logits against binary targets.
+
+    ``forward(logits (M, h, w), targets (T, H, W), target_index (M,), alpha, gamma, chunk)`` returns
+    ``(focal (M,), dice (M,))`` where mask i is compared with ``targets[target_index[i]]`` after a
+    bilinear upsampling (align_corners=False) of ``logits[i]`` to `(H, W)`.
+
+    With a binary target t, sign s = 2t - 1, z = s x, q = sigmoid(-z) = 1 - p_t:
+    focal = alpha_t q^gamma softplus(-z), d focal / dx = -s alpha_t q^gamma (gamma (1 - q) softplus(-z) + q);
+    dice = 1 - N / D with N = 2 sum(p t) + 1, D = sum(p) + sum(t) + 1, d dice / dp = -(2 t D - N) / D^2.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, target_index: Tensor, alpha: float, gamma: float,
+                chunk: int) -> tuple[Tensor, Tensor]:
+        num_masks, height, width = logits.shape[0], targets.shape[-2], targets.shape[-1]
+        need_grad = ctx.needs_input_grad[0]
+        focal = logits.new_empty(num_masks, dtype=torch.float32)
+        dice = logits.new_empty(num_masks, dtype=torch.float32)
+        grad_focal = torch.empty_like(logits, dtype=torch.float32) if need_grad else None
+        grad_dice = torch.empty_like(logits, dtype=torch.float32) if need_grad else None
+        low_size = [min(chunk, num_masks), 1, *logits.shape[-2:]]
+        for start in range(0, num_masks, chunk):
+            part = slice(start, start + chunk)
+            x = F.interpolate(logits[part, None].float(), size=(height, width), mode="bilinear", align_corners=False)
+            x = x[:, 0]
+            t = targets[target_index[part]].float()
+            sign = 2 * t - 1
+            z = x * sign
+            q = torch.sigmoid(-z)
+            softplus = F.softplus(-z)
+            alpha_t = (1 - alpha) + (2 * alpha - 1) * t
+            q_gamma = q.pow(gamma)
+            focal[part] = (alpha_t * q_gamma * softplus).mean((1, 2))
+            prob = q + t * (1 - 2 * q)  # sigmoid(x)
+            numerator = 2 * (prob * t).sum((1, 2)) + 1
+            denominator = prob.sum((1, 2)) + t.sum((1, 2)) + 1
+            dice[part] = 1 - numerator / denominator
+            if need_grad:
+                d_focal = alpha_t.mul_(q_gamma).mul_(gamma * (1 - q) * softplus + q).mul_(sign).neg_()
+                d_focal /= height * width
+                num, den = numerator[:, None, None], denominator[:, None, None]
+                d_dice = (num - 2 * t * den).div_(den * den).mul_(prob * (1 - prob))
+                size = [x.shape[0], *low_size[1:]]
+                for full, out in ((d_focal, grad_focal), (d_dice, grad_dice)):
+                    out[part] = torch.ops.aten.upsample_bilinear2d_backward(
+                        full[:, None], [height, width], size, False
+                    )[:, 0]
+        ctx.save_for_backward(grad_focal, grad_dice)
+        ctx.input_dtype = logits.dtype
+        return focal, dice
+
+    @staticmethod
+    def backward(ctx, grad_focal_out: Tensor, grad_dice_out: Tensor):
+        grad_focal, grad_dice = ctx.saved_tensors
+        grad = grad_focal * grad_focal_out[:, None, None] + grad_dice * grad_dice_out[:, None, None]
+        return grad.to(ctx.input_dtype), None, None, None, None, None
+
+
+def _is_binary(masks: Tensor) -> bool:
+    return masks.dtype == torch.bool or bool(((masks == 0) | (masks == 1)).all())
+
+
+def pad_masks(masks: list[Tensor]) -> Tensor:
+    """Stack per-image `(N_b, H_b, W_b)` masks into `(sum N_b, H, W)`, zero-padded bottom/right."""
+    height = max(m.shape[-2] for m in masks)
+    width = max(m.shape[-1] for m in masks)
+    return torch.cat([F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2])) for m in masks])
+
+
+def uncertain_points(logits: Tensor, num_points: int, oversample_ratio: float, importance_sample_ratio: float,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Points for the loss in point mode: the most uncertain (|logit| smallest) of an oversampled
+    random set, plus uniform random ones. `(M, h, w)` -> `(M, num_points, 2)` in [0, 1]."""
+    num_masks = logits.shape[0]
+    candidates = torch.rand(num_masks, int(num_points * oversample_ratio), 2, generator=generator,
+                            device=logits.device)
+    uncertainty = -point_sample(logits[:, None].detach().float(), candidates).abs()
+    num_uncertain = int(importance_sample_ratio * num_points)
+    top = uncertainty.topk(num_uncertain, dim=1).indices
+    chosen = torch.gather(candidates, 1, top[..., None].expand(-1, -1, 2))
+    rest = torch.rand(num_masks, num_points - num_uncertain, 2, generator=generator, device=logits.device)
+    return torch.cat([chosen, rest], dim=1)
+
+
+class MaskFormerLoss(nn.Module):
+    """Matching + set loss over the supervised decoder layers.
+
+    Args:
+        num_labels: K, the number of real classes (logits have K + 1).
+        no_object_weight, cross_entropy_weight, mask_weight, dice_weight: SPEC §3 (0.1, 1, 20, 1);
+            the matching costs use the same weights (class cost 1).
+        focal_alpha, focal_gamma: 0.25, 2.
+        fixed_matching: query c predicts class c (the paper's ablation, N = K).
+        num_points: 0 for full masks; else the memory-saving point mode with this many points per
+            mask (uniform for matching, importance-sampled for the loss).
+        oversample_ratio, importance_sample_ratio: of the importance sampling (3, 0.75).
+        chunk: masks per step of the fused mask loss.
+    """
+
+    def __init__(self, num_labels: int, no_object_weight: float = 0.1, cross_entropy_weight: float = 1.0,
+                 mask_weight: float = 20.0, dice_weight: float = 1.0, focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0, fixed_matching: bool = False, num_points: int = 0,
+                 oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75, chunk: int = 4) -> None:
+        super().__init__()
+        self.num_labels = num_labels
+        self.no_object_weight = no_object_weight
+        self.weights = {"loss_cross_entropy": cross_entropy_weight, "loss_mask": mask_weight,
+                        "loss_dice": dice_weight}
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.fixed_matching = fixed_matching
+        self.num_points, self.oversample_ratio = num_points, oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.chunk = chunk
+
+    def match(self, class_logits: Tensor, mask_logits: Tensor, mask_labels: list[Tensor],
+              class_labels: list[Tensor]) -> list[list[Indices]]:
+        """``matches[layer][image] = (query_indices, segment_indices)``; see :mod:`maskformer_hf.matching`."""
+        if self.fixed_matching:
+            return fixed_match(class_labels, class_logits.shape[2], class_logits.shape[0])
+        return hungarian_match(class_logits, mask_logits, mask_labels, class_labels, cost_class=1.0,
+                               cost_mask=self.weights["loss_mask"], cost_dice=self.weights["loss_dice"],
+                               alpha=self.focal_alpha, gamma=self.focal_gamma, num_points=self.num_points)
+
+    def forward(self, class_logits: Tensor, mask_logits: Tensor, mask_labels: list[Tensor],
+                class_labels: list[Tensor], num_masks: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of L supervised layers; the last one is the model's output.
+
+        Args:
+            class_logits: `(L, B, Q, K+1)`.
+            mask_logits: `(L, B, Q, h, w)`.
+            mask_labels: per image `(N_b, H, W)` binary masks at label resolution.
+            class_labels: per image `(N_b,)` int64 in [0, K).
+            num_masks: the normaliser of the mask terms; default: the segments of this batch.
+
+        Returns:
+            The total loss and the weighted terms: ``loss_cross_entropy``, ``loss_mask``,
+            ``loss_dice`` for the last layer, the same with ``_{l}`` for earlier layer l.
+        """
+        num_layers, batch_size, num_queries = class_logits.shape[:3]
+        _check_labels(mask_labels, class_labels, batch_size, self.num_labels)
+        check_num_segments(class_labels, num_queries)
+        class_labels = [c.to(class_logits.device, torch.int64) for c in class_labels]
+        mask_labels = [m.to(mask_logits.device) for m in mask_labels]
+        matches = self.match(class_logits, mask_logits, mask_labels, class_labels)
+        if num_masks is None:
+            num_masks = float(sum(c.numel() for c in class_labels))
+        num_masks = torch.as_tensor(num_masks, dtype=torch.float32, device=mask_logits.device).clamp(min=1)
+
+        class_weight = torch.ones(self.num_labels + 1, device=class_logits.device)
+        class_weight[-1] = self.no_object_weight
+        terms: dict[str, Tensor] = {}
+        focal, dice = self._mask_terms(mask_logits, mask_labels, matches)  # (L,), (L,)
+        for layer in range(num_layers):
+            target = torch.full((batch_size, num_queries), self.num_labels, dtype=torch.int64,
+                                device=class_logits.device)
+            for b, (queries, segments) in enumerate(matches[layer]):
+                target[b, queries.to(target.device)] = class_labels[b][segments.to(target.device)]
+            ce = F.cross_entropy(class_logits[layer].float().transpose(1, 2), target, weight=class_weight)
+            suffix = "" if layer == num_layers - 1 else f"_{layer}"
+            terms[f"loss_cross_entropy{suffix}"] = ce * self.weights["loss_cross_entropy"]
+            terms[f"loss_mask{suffix}"] = focal[layer] / num_masks * self.weights["loss_mask"]
+            terms[f"loss_dice{suffix}"] = dice[layer] / num_masks * self.weights["loss_dice"]
+        return sum(terms.values()), terms
+
+    def _mask_terms(self, mask_logits: Tensor, mask_labels: list[Tensor],
+                    matches: list[list[Indices]]) -> tuple[Tensor, Tensor]:
+        """Summed focal and dice of the matched masks, per layer: `(L,)` each."""
+        num_layers = mask_logits.shape[0]
+        targets = pad_masks(mask_labels)  # (sum N_b, H, W)
+        offsets = torch.tensor([0] + [m.shape[0] for m in mask_labels]).cumsum(0)
+        preds, target_index, layer_of = [], [], []
+        for layer in range(num_layers):
+            for b, (queries, segments) in enumerate(matches[layer]):
+                preds.append(mask_logits[layer, b, queries.to(mask_logits.device)])
+                target_index.append(segments + offsets[b])
+                layer_of.append(torch.full((queries.numel(),), layer, dtype=torch.int64))
+        preds_t = torch.cat(preds)  # (M, h, w)
+        target_index_t = torch.cat(target_index).to(targets.device)
+        layer_index = torch.cat(layer_of).to(mask_logits.device)
+        if preds_t.shape[0] == 0:
+            zero = mask_logits.sum() * 0.0  # keeps the graph connected
+            return zero.expand(num_layers), zero.expand(num_layers)
+        if self.num_points:
+            coords = uncertain_points(preds_t, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
+            point_logits = point_sample(preds_t[:, None].float(), coords)
+            point_targets = point_sample(targets[target_index_t][:, None].float(), coords)
+            focal = sigmoid_focal_loss(point_logits, point_targets, self.focal_alpha, self.focal_gamma)
+            dice = dice_loss(point_logits, point_targets)
+        elif _is_binary(targets):
+            focal, dice = BinaryMaskLoss.apply(preds_t, targets, target_index_t, self.focal_alpha, self.focal_gamma,
+                                               self.chunk)
+        else:  # soft targets: the plain functions, through autograd
+            upsampled = F.interpolate(preds_t[:, None].float(), size=targets.shape[-2:], mode="bilinear",
+                                      align_corners=False).flatten(1)
+            soft = targets[target_index_t].float().flatten(1)
+            focal = sigmoid_focal_loss(upsampled, soft, self.focal_alpha, self.focal_gamma)
+            dice = dice_loss(upsampled, soft)
+        per_layer = lambda values: torch.zeros(num_layers, device=values.device).index_add(0, layer_index, values)  # noqa: E731
+        return per_layer(focal), per_layer(dice)
+
+
+def _check_labels(mask_labels, class_labels, batch_size: int, num_labels: int) -> None:
+    if not isinstance(mask_labels, (list, tuple)) or not isinstance(class_labels, (list, tuple)):
+        raise TypeError("mask_labels and class_labels: expected lists with one tensor per image, got "
+                        f"{type(mask_labels).__name__} and {type(class_labels).__name__}")
+    if len(mask_labels) != batch_size or len(class_labels) != batch_size:
+        raise ValueError(f"mask_labels/class_labels: expected {batch_size} entries (one per image), "
+                         f"got {len(mask_labels)} and {len(class_labels)}")
+    for b, (masks, labels) in enumerate(zip(mask_labels, class_labels)):
+        if masks.dim() != 3 or labels.dim() != 1 or masks.shape[0] != labels.shape[0]:
+            raise ValueError(f"image {b}: expected mask_labels (N, H, W) and class_labels (N,), got "
+                             f"{tuple(masks.shape)} and {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
+            raise ValueError(f"class_labels[{b}]: expected classes in [0, {num_labels}), got "
+                             f"{labels.min().item()}..{labels.max().item()}")

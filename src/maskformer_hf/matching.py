@@ -1,0 +1,157 @@
+"""Matching predictions to ground-truth segments (SPEC §3): pairwise costs, Hungarian, fixed.
+
+Costs are computed in fp32 (also under autocast) at the mask-prediction resolution, ground-truth
+masks nearest-downsampled to it; the Hungarian step is ``scipy.optimize.linear_sum_assignment``.
+Every function takes tensors and numbers and returns tensors: no config, no global state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+Indices = tuple[Tensor, Tensor]  # (query indices, segment indices), both (num_matched,) int64
+
+
+def pairwise_class_cost(class_logits: Tensor, labels: Tensor) -> Tensor:
+    """``-p_i(c_j)``: `(..., Q, K+1)` logits, `(N,)` labels -> `(..., Q, N)`."""
+    return -class_logits.float().softmax(-1)[..., labels]
+
+
+def pairwise_sigmoid_focal_cost(mask_logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss of every prediction against every target, averaged over pixels.
+
+    Args:
+        mask_logits: `(Q, P)` logits over P pixels (or points).
+        targets: `(N, P)` binary (or soft) targets.
+
+    Returns:
+        `(Q, N)`; computed with two matmuls: the loss of a pixel is ``t * f_pos + (1 - t) * f_neg``.
+    """
+    logits = mask_logits.float()
+    prob = logits.sigmoid()
+    focal_pos = alpha * (1 - prob).pow(gamma) * F.softplus(-logits)  # loss if the target is 1
+    focal_neg = (1 - alpha) * prob.pow(gamma) * F.softplus(logits)  # loss if the target is 0
+    targets = targets.float()
+    return (focal_pos @ targets.T + focal_neg @ (1 - targets).T) / logits.shape[-1]
+
+
+def pairwise_dice_cost(mask_logits: Tensor, targets: Tensor) -> Tensor:
+    """``1 - (2 |p t| + 1) / (|p| + |t| + 1)`` for every pair: `(Q, P)`, `(N, P)` -> `(Q, N)`."""
+    prob = mask_logits.float().sigmoid()
+    targets = targets.float()
+    numerator = 2 * prob @ targets.T
+    denominator = prob.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def solve_assignment(cost: Tensor) -> Indices:
+    """Hungarian assignment of a `(Q, N)` cost, N <= Q; non-finite costs never reach the solver."""
+    cost = cost.detach().to("cpu", torch.float64)
+    finite = torch.isfinite(cost)
+    if not finite.all():
+        big = cost[finite].abs().max().item() * 2 + 1 if finite.any() else 1.0
+        cost = torch.nan_to_num(cost, nan=big, posinf=big, neginf=-big)
+    rows, cols = linear_sum_assignment(cost.numpy())
+    return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
+
+
+def check_num_segments(class_labels: list[Tensor], num_queries: int) -> None:
+    for index, labels in enumerate(class_labels):
+        if labels.numel() > num_queries:
+            raise ValueError(
+                f"class_labels[{index}]: {labels.numel()} ground-truth segments but the model predicts only "
+                f"{num_queries} (num_queries); raise num_queries or merge segments"
+            )
+
+
+@torch.no_grad()
+def hungarian_match(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    mask_labels: list[Tensor],
+    class_labels: list[Tensor],
+    cost_class: float = 1.0,
+    cost_mask: float = 20.0,
+    cost_dice: float = 1.0,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    num_points: int = 0,
+    generator: torch.Generator | None = None,
+) -> list[list[Indices]]:
+    """Match every decoder layer's predictions to the ground truth, image by image.
+
+    Args:
+        class_logits: `(L, B, Q, K+1)`, L supervised decoder layers.
+        mask_logits: `(L, B, Q, h, w)`.
+        mask_labels: per image `(N_b, H, W)` binary masks; nearest-downsampled to `(h, w)`.
+        class_labels: per image `(N_b,)`.
+        num_points: 0 to compare full masks; else compare at this many uniformly random points
+            (the same points for predictions and targets, drawn per image).
+
+    Returns:
+        ``matches[l][b] = (query_indices, segment_indices)``.
+    """
+    num_layers, batch_size, num_queries = class_logits.shape[:3]
+    check_num_segments(class_labels, num_queries)
+    matches: list[list[Indices]] = [[None] * batch_size for _ in range(num_layers)]  # type: ignore[list-item]
+    for b in range(batch_size):
+        labels = class_labels[b]
+        if labels.numel() == 0:
+            empty = torch.empty(0, dtype=torch.int64)
+            for layer in range(num_layers):
+                matches[layer][b] = (empty, empty)
+            continue
+        preds = mask_logits[:, b].float()  # (L, Q, h, w)
+        targets = mask_labels[b].float()
+        if num_points:
+            coords = torch.rand(1, num_points, 2, generator=generator, device=preds.device)
+            preds = point_sample(preds.flatten(0, 1)[:, None], coords.expand(preds.shape[0] * num_queries, -1, -1))
+            targets = point_sample(targets[:, None], coords.expand(targets.shape[0], -1, -1))
+        else:
+            targets = F.interpolate(targets[:, None], size=preds.shape[-2:], mode="nearest")[:, 0].flatten(1)
+            preds = preds.flatten(0, 1).flatten(1)  # (L*Q, h*w)
+        cost = (
+            cost_mask * pairwise_sigmoid_focal_cost(preds, targets, alpha, gamma)
+            + cost_dice * pairwise_dice_cost(preds, targets)
+        ).view(num_layers, num_queries, -1)
+        cost = cost + cost_class * pairwise_class_cost(class_logits[:, b], labels.to(class_logits.device))
+        for layer in range(num_layers):
+            matches[layer][b] = solve_assignment(cost[layer])
+    return matches
+
+
+def fixed_match(class_labels: list[Tensor], num_queries: int, num_layers: int) -> list[list[Indices]]:
+    """Fixed matching of the paper's ablation (N = K): query ``c`` predicts the segment of class ``c``.
+
+    Each image may hold at most one segment per class (semantic supervision).
+    """
+    per_image = []
+    for index, labels in enumerate(class_labels):
+        labels = labels.to("cpu", torch.int64)
+        if labels.numel() and int(labels.max()) >= num_queries:
+            raise ValueError(f"fixed matching: class {int(labels.max())} needs num_queries > it, got {num_queries}")
+        if labels.unique().numel() != labels.numel():
+            raise ValueError(f"fixed matching: class_labels[{index}] repeats a class; it needs one segment per class")
+        per_image.append((labels, torch.arange(labels.numel(), dtype=torch.int64)))
+    return [list(per_image) for _ in range(num_layers)]
+
+
+def point_sample(inputs: Tensor, coords: Tensor) -> Tensor:
+    """Bilinear samples of `(M, 1, H, W)` maps at `(M, P, 2)` points in [0, 1]^2 (x, y) -> `(M, P)`."""
+    grid = 2.0 * coords[:, :, None, :] - 1.0  # (M, P, 1, 2) in [-1, 1]
+    return F.grid_sample(inputs, grid.to(inputs.dtype), mode="bilinear", align_corners=False)[:, 0, :, 0]
+
+
+__all__ = [
+    "fixed_match",
+    "hungarian_match",
+    "pairwise_class_cost",
+    "pairwise_dice_cost",
+    "pairwise_sigmoid_focal_cost",
+    "point_sample",
+    "solve_assignment",
+]
+
