@@ -40,6 +40,42 @@ def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 # --- the fused path for binary targets --------------------------------------------------------------
+def _adjoint_weights(scale: int) -> list[tuple[float, float, float]]:
+    """Weights of one axis of an integer-factor bilinear upsampling (align_corners=False).
+
+    Output pixel ``scale * m + r`` reads source ``m + delta_r``, ``delta_r = (2r + 1 - scale) / (2 scale)``:
+    weight ``1 - |delta_r|`` on m, ``delta_r`` on m + 1 (delta > 0) or ``-delta_r`` on m - 1 (delta < 0);
+    out-of-range neighbours fold onto the border (PyTorch clamps the source index).
+    Returns ``(on m, on m + 1, on m - 1)`` for each r.
+    """
+    deltas = [(2 * r + 1 - scale) / (2 * scale) for r in range(scale)]
+    return [(1 - abs(d), max(d, 0.0), max(-d, 0.0)) for d in deltas]
+
+
+def _adjoint_last_axis(grad: Tensor, scale: int) -> Tensor:
+    """Adjoint of the upsampling along the last axis: `(..., n * scale)` -> `(..., n)`."""
+    blocks = grad.reshape(*grad.shape[:-1], grad.shape[-1] // scale, scale)
+    weights = _adjoint_weights(scale)
+    out, to_next, to_prev = (sum(blocks[..., r] * weights[r][k] for r in range(scale)) for k in range(3))
+    out[..., 1:] += to_next[..., :-1]
+    out[..., -1] += to_next[..., -1]
+    out[..., :-1] += to_prev[..., 1:]
+    out[..., 0] += to_prev[..., 0]
+    return out
+
+
+def upsample_bilinear_adjoint(grad: Tensor, size: tuple[int, int]) -> Tensor:
+    """Gradient w.r.t. the input of ``F.interpolate(x, size=grad.shape[-2:], mode="bilinear",
+    align_corners=False)`` for x of spatial `size`: `(M, H, W)` -> `(M, h, w)`. Integer factors use
+    two strided passes (several times faster than ATen's CPU kernel); other factors use ATen."""
+    (height, width), (h, w) = grad.shape[-2:], size
+    if height % h or width % w:
+        return torch.ops.aten.upsample_bilinear2d_backward(grad[:, None], [height, width],
+                                                            [grad.shape[0], 1, h, w], False)[:, 0]
+    rows = _adjoint_last_axis(grad, width // w)  # (M, H, w)
+    return _adjoint_last_axis(rows.transpose(-1, -2), height // h).transpose(-1, -2)
+
+
 class BinaryMaskLoss(torch.autograd.Function):
     """Per-mask focal (mean over pixels) and dice of upsampled logits against binary targets.
 
@@ -56,38 +92,41 @@ class BinaryMaskLoss(torch.autograd.Function):
     def forward(ctx, logits: Tensor, targets: Tensor, target_index: Tensor, alpha: float, gamma: float,
                 chunk: int) -> tuple[Tensor, Tensor]:
         num_masks, height, width = logits.shape[0], targets.shape[-2], targets.shape[-1]
+        low_size = logits.shape[-2:]
         need_grad = ctx.needs_input_grad[0]
         focal = logits.new_empty(num_masks, dtype=torch.float32)
         dice = logits.new_empty(num_masks, dtype=torch.float32)
         grad_focal = torch.empty_like(logits, dtype=torch.float32) if need_grad else None
         grad_dice = torch.empty_like(logits, dtype=torch.float32) if need_grad else None
-        low_size = [min(chunk, num_masks), 1, *logits.shape[-2:]]
+        positive = targets > 0.5  # (T, H, W) bool
+        target_sums = positive.sum((1, 2)).float()
         for start in range(0, num_masks, chunk):
             part = slice(start, start + chunk)
             x = F.interpolate(logits[part, None].float(), size=(height, width), mode="bilinear", align_corners=False)
             x = x[:, 0]
-            t = targets[target_index[part]].float()
-            sign = 2 * t - 1
-            z = x * sign
-            q = torch.sigmoid(-z)
-            softplus = F.softplus(-z)
-            alpha_t = (1 - alpha) + (2 * alpha - 1) * t
-            q_gamma = q.pow(gamma)
-            focal[part] = (alpha_t * q_gamma * softplus).mean((1, 2))
-            prob = q + t * (1 - 2 * q)  # sigmoid(x)
-            numerator = 2 * (prob * t).sum((1, 2)) + 1
-            denominator = prob.sum((1, 2)) + t.sum((1, 2)) + 1
+            t = positive[target_index[part]]
+            minus_z = torch.where(t, -x, x)  # -z, z = s x
+            q = torch.sigmoid(minus_z)  # 1 - p_t
+            softplus = F.softplus(minus_z)  # -log p_t
+            alpha_t = torch.where(t, alpha, 1 - alpha)
+            weighted = alpha_t.mul_(q * q if gamma == 2 else q.pow(gamma))  # alpha_t q^gamma
+            focal[part] = (weighted * softplus).mean((1, 2))
+            one_minus_q = 1 - q
+            prob = torch.where(t, one_minus_q, q)  # sigmoid(x)
+            numerator = 2 * torch.where(t, prob, 0).sum((1, 2)) + 1
+            denominator = prob.sum((1, 2)) + target_sums[target_index[part]] + 1
             dice[part] = 1 - numerator / denominator
             if need_grad:
-                d_focal = alpha_t.mul_(q_gamma).mul_(gamma * (1 - q) * softplus + q).mul_(sign).neg_()
-                d_focal /= height * width
-                num, den = numerator[:, None, None], denominator[:, None, None]
-                d_dice = (num - 2 * t * den).div_(den * den).mul_(prob * (1 - prob))
-                size = [x.shape[0], *low_size[1:]]
-                for full, out in ((d_focal, grad_focal), (d_dice, grad_dice)):
-                    out[part] = torch.ops.aten.upsample_bilinear2d_backward(
-                        full[:, None], [height, width], size, False
-                    )[:, 0]
+                # d focal / dx = -s alpha_t q^gamma (gamma (1 - q) softplus + q); the 1/(H W) of the
+                # mean is applied after the (linear) adjoint of the upsampling.
+                inner = softplus.mul_(one_minus_q).mul_(gamma).add_(q).mul_(weighted)
+                d_focal = torch.where(t, inner.neg(), inner)
+                grad_focal[part] = upsample_bilinear_adjoint(d_focal, low_size) / (height * width)
+                # d dice / dx = (N / D^2 - 2 t / D) p (1 - p), and p (1 - p) = q (1 - q).
+                c_neg = (numerator / denominator**2)[:, None, None]
+                c_pos = c_neg - (2 / denominator)[:, None, None]
+                d_dice = torch.where(t, c_pos, c_neg).mul_(q.mul_(one_minus_q))
+                grad_dice[part] = upsample_bilinear_adjoint(d_dice, low_size)
         ctx.save_for_backward(grad_focal, grad_dice)
         ctx.input_dtype = logits.dtype
         return focal, dice
@@ -211,15 +250,18 @@ class MaskFormerLoss(nn.Module):
         num_layers = mask_logits.shape[0]
         targets = pad_masks(mask_labels)  # (sum N_b, H, W)
         offsets = torch.tensor([0] + [m.shape[0] for m in mask_labels]).cumsum(0)
-        preds, target_index, layer_of = [], [], []
+        layer_of, image_of, query_of, target_of = [], [], [], []
         for layer in range(num_layers):
             for b, (queries, segments) in enumerate(matches[layer]):
-                preds.append(mask_logits[layer, b, queries.to(mask_logits.device)])
-                target_index.append(segments + offsets[b])
-                layer_of.append(torch.full((queries.numel(),), layer, dtype=torch.int64))
-        preds_t = torch.cat(preds)  # (M, h, w)
-        target_index_t = torch.cat(target_index).to(targets.device)
-        layer_index = torch.cat(layer_of).to(mask_logits.device)
+                layer_of.append(torch.full_like(queries, layer))
+                image_of.append(torch.full_like(queries, b))
+                query_of.append(queries)
+                target_of.append(segments + offsets[b])
+        device = mask_logits.device
+        layer_index = torch.cat(layer_of).to(device)
+        # One gather (one gradient scatter in backward) for every matched mask of every layer.
+        preds_t = mask_logits[layer_index, torch.cat(image_of).to(device), torch.cat(query_of).to(device)]
+        target_index_t = torch.cat(target_of).to(targets.device)
         if preds_t.shape[0] == 0:
             zero = mask_logits.sum() * 0.0  # keeps the graph connected
             return zero.expand(num_layers), zero.expand(num_layers)
