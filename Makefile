@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench clean
+.PHONY: install test bench bench-train clean
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ test: $(STAMP)
 # Speed figures of the README (run on an idle machine; prints ours vs transformers in one run).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_forward.py
+
+bench-train: $(STAMP)
+	$(PY) benchmarks/bench_train_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -31,3 +31,22 @@ def test_bench_forward_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "speed-up ours/transformers" in result.stdout and out.is_file()
+
+
+def test_readme_training_example_runs(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    namespace: dict = {}
+    exec(compile(readme_python_blocks()[2], "README.md", "exec"), namespace)
+    assert namespace["out"].loss.requires_grad
+    assert len(namespace["out"].loss_dict) == 18
+
+
+def test_bench_train_step_runs(tmp_path):
+    out = tmp_path / "train.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_train_step.py"), "--size", "64", "--steps", "1",
+         "--segments", "2", "--output", str(out)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "matching + loss" in result.stdout and out.is_file()
