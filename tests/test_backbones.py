@@ -47,3 +47,19 @@ def test_transformers_resnet_pretrained(tmp_path):
     model = MaskFormerForUniversalSegmentation(config)
     for (name, ours), theirs in zip(model.model.backbone.body.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(ours, theirs, atol=0, rtol=0, msg=name)
+
+
+def test_loading_a_checkpoint_never_fetches_imagenet_weights_again(tmp_path, monkeypatch):
+    from transformers import AutoModelForUniversalSegmentation
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+    config = tiny_config(use_pretrained_backbone=True, backbone_kwargs={"pretrained_cfg_overlay": {"file": str(path)}})
+    model = MaskFormerForUniversalSegmentation(config).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    path.unlink()  # the ImageNet file is gone: loading must not need it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for loader in (MaskFormerForUniversalSegmentation, AutoModelForUniversalSegmentation):
+        loaded = loader.from_pretrained(tmp_path / "ckpt")
+        torch.testing.assert_close(loaded.model.backbone.body.conv1.weight, model.model.backbone.body.conv1.weight,
+                                   atol=0, rtol=0)

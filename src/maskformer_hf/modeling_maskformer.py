@@ -6,6 +6,7 @@ transformers checkpoints), :class:`MaskFormerModel` and :class:`MaskFormerForUni
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -139,8 +140,12 @@ class MaskFormerPreTrainedModel(PreTrainedModel):
             from .conversion import convert_from_transformers
 
             return convert_from_transformers(pretrained_model_name_or_path, **_hub_kwargs(kwargs))
-        if "config" not in kwargs:
+        config = kwargs.get("config")
+        if config is None:
             kwargs["use_pretrained_backbone"] = False
+        elif isinstance(config, MaskFormerConfig) and config.use_pretrained_backbone:  # e.g. via AutoModel
+            kwargs["config"] = config = copy.deepcopy(config)
+            config.use_pretrained_backbone = False
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
