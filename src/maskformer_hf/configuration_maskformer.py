@@ -135,8 +135,8 @@ class MaskFormerConfig(PretrainedConfig):
         oversample_ratio: float = 3.0,  # point mode: candidates per point for importance sampling
         importance_sample_ratio: float = 0.75,  # point mode: share of points picked by uncertainty
         # --- initialisation -----------------------------------------------------------------------
-        init_std: float = 0.02,  # std of normal inits (queries, linear layers of the transformer)
-        init_xavier_std: float = 1.0,  # gain of the xavier inits of the pixel decoder and heads
+        init_std: float = 0.02,  # std of the normal init of the query position embeddings
+        init_xavier_std: float = 1.0,  # gain of the xavier inits (pixel decoder, transformer, heads)
         **kwargs: Any,
     ) -> None:
         self.backbone = backbone
