@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-_ACTIVATIONS = ("relu", "gelu", "silu")
+from .transformer_decoder import ACTIVATIONS
 
 
 def _swin(embed_dim: int, depths: list[int], heads: list[int], window: int, image_size: int) -> dict:
@@ -194,7 +194,7 @@ class MaskFormerConfig(PretrainedConfig):
         need(self.fpn_feature_size % 32 == 0, "fpn_feature_size", "a multiple of 32 (GroupNorm with 32 groups)")
         for field in ("dropout", "attention_dropout", "activation_dropout"):
             need(0.0 <= getattr(self, field) < 1.0, field, "a probability in [0, 1)")
-        need(self.activation_function in _ACTIVATIONS, "activation_function", f"one of {_ACTIVATIONS}")
+        need(self.activation_function in ACTIVATIONS, "activation_function", f"one of {sorted(ACTIVATIONS)}")
         for field in ("no_object_weight", "cross_entropy_weight", "mask_weight", "dice_weight", "init_std",
                       "init_xavier_std"):
             need(getattr(self, field) >= 0.0, field, "a non-negative number")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}  # FFN non-linearities by config name
 
 
 def sine_position_encoding(
@@ -80,7 +80,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, hidden_size)
-        self.activation = _ACTIVATIONS[activation]
+        self.activation = ACTIVATIONS[activation]
         self.activation_dropout = activation_dropout
 
     def forward(self, x: Tensor) -> Tensor:
