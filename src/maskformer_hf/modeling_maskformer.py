@@ -63,6 +63,8 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
         encoder_hidden_states, pixel_decoder_hidden_states, transformer_decoder_hidden_states,
         hidden_states: as in :class:`MaskFormerModelOutput`; the per-pixel embeddings are only
             materialised when ``output_hidden_states`` is set (the heads fold the mask projection).
+        pixel_mask: the input's `(batch_size, H, W)` padding mask, when one was given, so that
+            post-processing can crop each image's padding away before resizing.
     """
 
     loss: Tensor | None = None
@@ -77,6 +79,7 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
     pixel_decoder_hidden_states: tuple[Tensor, ...] | None = None
     transformer_decoder_hidden_states: tuple[Tensor, ...] | None = None
     hidden_states: tuple[Tensor, ...] | None = None
+    pixel_mask: Tensor | None = None
 
 
 @dataclass
@@ -339,5 +342,6 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
             pixel_decoder_last_hidden_state=pixel_embeddings,
             transformer_decoder_last_hidden_state=features.decoder_states[-1],
             **_hidden_states(features, output_hidden_states),
+            pixel_mask=pixel_mask,
         )
         return output if return_dict else output.to_tuple()
