@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 from .backbones import MaskFormerBackbone
 from .configuration_maskformer import MaskFormerConfig
 from .loss_maskformer import MaskFormerLoss
-from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, mask_logits
+from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, mask_logits, matched_mask_logits
 from .transformer_decoder import DecoderLayer, EncoderLayer, FeedForward, MaskFormerTransformerModule, MultiHeadAttention
 
 
@@ -330,8 +330,16 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
         loss = loss_dict = None
         if compute_loss:
             supervised = slice(None) if config.use_auxiliary_loss else slice(-1, None)
-            loss, loss_dict = self.criterion(class_logits[supervised], masks[supervised], mask_labels, class_labels,
-                                             num_masks)
+            num_supervised = class_logits[supervised].shape[0]
+            embeddings = mask_embeddings[:, -num_supervised:]
+            projection = self.model.pixel_decoder.mask_projection
+
+            def supervised_mask_logits(layer: Tensor, image: Tensor, query: Tensor) -> Tensor:
+                # Only matched masks get a gradient: recompute just those (the full logits serve matching).
+                return matched_mask_logits(embeddings, fpn_map, projection, image, layer, query)
+
+            loss, loss_dict = self.criterion(class_logits[supervised], masks[supervised], mask_labels,
+                                             class_labels, num_masks, mask_logits_fn=supervised_mask_logits)
         output = MaskFormerForUniversalSegmentationOutput(
             loss=loss,
             loss_dict=loss_dict,

@@ -128,3 +128,40 @@ def mask_logits(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn.Conv2d)
         groups=batch_size,
     )
     return logits.view(batch_size, num_layers, num_queries, height, width)
+
+
+def matched_mask_logits(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn.Conv2d, image_index: Tensor,
+                        layer_index: Tensor, query_index: Tensor) -> Tensor:
+    """The mask logits of a few selected (image, layer, query) triples, for the loss.
+
+    Only matched masks receive a gradient, so the loss recomputes just those: per image, the
+    projection is folded into the selected embeddings (a 3x3 convolution with ``M_b`` outputs) when
+    that is cheaper than back-propagating through the full `C_E`-channel projection, which is used
+    otherwise. Same numbers as indexing :func:`mask_logits` (up to float rounding); much less
+    backward work, since the full logits need no gradient.
+
+    Args:
+        mask_embeddings: `(batch_size, num_layers, num_queries, C_E)`.
+        fpn_map: `(batch_size, feature_size, H, W)` at stride 4.
+        projection: the 3x3 ``Conv2d(feature_size, C_E)``.
+        image_index, layer_index, query_index: `(M,)` int64 each.
+
+    Returns:
+        `(M, H, W)`, row i for the i-th triple.
+    """
+    channels = mask_embeddings.shape[-1]
+    parts, order = [], []
+    for b in image_index.unique().tolist():
+        rows = (image_index == b).nonzero()[:, 0]
+        embeddings = mask_embeddings[b, layer_index[rows], query_index[rows]]  # (M_b, C_E)
+        # Folded: ~3 M_b convolution channels forward + backward; unfolded: backward of C_E channels x 2.
+        if 3 * rows.numel() < 2 * channels:
+            weight = torch.einsum("mc,cdij->mdij", embeddings, projection.weight)  # (M_b, C_in, 3, 3)
+            logits = F.conv2d(fpn_map[b : b + 1], weight, embeddings @ projection.bias, padding=projection.padding)[0]
+        else:
+            logits = torch.einsum("mc,chw->mhw", embeddings, projection(fpn_map[b : b + 1])[0])
+        parts.append(logits)
+        order.append(rows)
+    if not parts:
+        return fpn_map.new_zeros(0, *fpn_map.shape[-2:])
+    return torch.cat(parts)[torch.cat(order).argsort()]
