@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from maskformer_hf import MaskFormerForUniversalSegmentation, convert_from_transformers
 from maskformer_hf.loss_maskformer import (BinaryMaskLoss, MaskFormerLoss, dice_loss, sigmoid_focal_loss,
                                            upsample_bilinear_adjoint)
-from maskformer_hf.matching import hungarian_match, pairwise_dice_cost, pairwise_sigmoid_focal_cost, solve_assignment
+from maskformer_hf.matching import (hungarian_match, pairwise_dice_cost, pairwise_mask_costs,
+                                    pairwise_sigmoid_focal_cost, solve_assignment)
 
 from conftest import tiny_config, tiny_hf_model
 
@@ -80,9 +81,11 @@ def test_fused_mask_loss_matches_autograd(low, high):
     torch.testing.assert_close(fused_grad.float(), logits.grad.float(), atol=1e-7, rtol=1e-4)
 
 
-@pytest.mark.parametrize("low, scale", [((5, 7), 4), ((3, 9), 2), ((6, 4), 1), ((4, 4), 3)])
-def test_upsample_adjoint(low, scale):
-    grad = torch.randn(2, low[0] * scale, low[1] * scale, dtype=torch.float64)
+@pytest.mark.parametrize("low, high", [((5, 7), (20, 28)), ((3, 9), (6, 18)), ((6, 4), (6, 4)), ((4, 4), (12, 12)),
+                                       ((5, 7), (13, 30)), ((9, 8), (4, 5))])
+def test_upsample_adjoint(low, high):
+    """Integer and non-integer factors, and downsampling: the matrix adjoint equals autograd's."""
+    grad = torch.randn(2, *high, dtype=torch.float64)
     x = torch.zeros(2, 1, *low, dtype=torch.float64, requires_grad=True)
     F.interpolate(x, size=grad.shape[-2:], mode="bilinear", align_corners=False)[:, 0].backward(grad)
     torch.testing.assert_close(upsample_bilinear_adjoint(grad, low), x.grad[:, 0], atol=1e-12, rtol=0)
@@ -98,6 +101,16 @@ def test_pairwise_costs_equal_the_per_pair_losses():
             assert focal[i, j].item() == pytest.approx(sigmoid_focal_loss(logits[i:i + 1], targets[j:j + 1]).item(),
                                                        rel=1e-5)
             assert dice[i, j].item() == pytest.approx(dice_loss(logits[i:i + 1], targets[j:j + 1]).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("gamma, soft", [(2.0, False), (1.5, False), (2.0, True)])
+def test_fused_pairwise_costs_equal_the_plain_ones(gamma, soft):
+    torch.manual_seed(0)
+    logits = torch.randn(37, 300) * 4  # 37 rows: several chunks and a ragged last one
+    targets = torch.rand(5, 300) if soft else (torch.rand(5, 300) > 0.7).float()
+    focal, dice = pairwise_mask_costs(logits, targets, alpha=0.3, gamma=gamma, rows=8)
+    torch.testing.assert_close(focal, pairwise_sigmoid_focal_cost(logits, targets, 0.3, gamma), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dice, pairwise_dice_cost(logits, targets), atol=1e-6, rtol=1e-5)
 
 
 def test_golden_values_for_a_fixed_seed():
@@ -215,3 +228,28 @@ def test_trainer_finds_the_label_names():
     from transformers.utils import find_labels
 
     assert set(find_labels(MaskFormerForUniversalSegmentation)) == {"mask_labels", "class_labels"}
+
+
+def test_loss_gradients_through_matched_logits_equal_the_plain_path():
+    """The model recomputes only the matched masks for the loss (projection folded); the loss and
+    every parameter gradient equal back-propagating through the full mask logits."""
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config(dropout=0.0)).train()
+    pixel_values = torch.randn(2, 3, 64, 96)
+    masks, labels = random_targets(size=(64, 96), num_labels=4)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    out = model(pixel_values, mask_labels=masks, class_labels=labels)
+    fast = grads(out.loss)
+    out = model(pixel_values, output_auxiliary_logits=True)
+    class_logits = torch.stack([a["class_queries_logits"] for a in out.auxiliary_logits] + [out.class_queries_logits])
+    mask_logits = torch.stack([a["masks_queries_logits"] for a in out.auxiliary_logits] + [out.masks_queries_logits])
+    plain_loss, _ = model.criterion(class_logits, mask_logits, masks, labels)
+    plain = grads(plain_loss)
+    assert fast.keys() == plain.keys() and "model.pixel_decoder.mask_projection.weight" in fast
+    for name in fast:
+        torch.testing.assert_close(fast[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)

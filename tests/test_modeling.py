@@ -3,7 +3,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageSegmentation, AutoModelForUniversalSegmentation
 
 from maskformer_hf import MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerModel
-from maskformer_hf.pixel_decoder import mask_logits
+from maskformer_hf.pixel_decoder import mask_logits, matched_mask_logits
 
 from conftest import tiny_config, tiny_hf_backbone_config
 
@@ -61,6 +61,25 @@ def test_mask_logits_both_paths():
     reference = lambda e: torch.einsum("blqc,bchw->blqhw", e, projection(fpn_map))  # noqa: E731
     torch.testing.assert_close(mask_logits(embeddings, fpn_map, projection), reference(embeddings), atol=1e-4, rtol=0)
     torch.testing.assert_close(mask_logits(many, fpn_map, projection), reference(many), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("num_selected", [3, 40])  # folded projection / explicit projection
+def test_matched_mask_logits_equal_indexing_the_full_logits(num_selected):
+    torch.manual_seed(0)
+    projection = torch.nn.Conv2d(16, 32, 3, padding=1)
+    fpn_map = torch.randn(3, 16, 10, 12)
+    embeddings = torch.randn(3, 2, 25, 32, requires_grad=True)
+    full = mask_logits(embeddings, fpn_map, projection)  # (B, L, Q, H, W)
+    image = torch.tensor([2, 0] * num_selected)[:num_selected]
+    layer = torch.randint(0, 2, (num_selected,))
+    query = torch.randperm(25).repeat(2)[:num_selected]
+    picked = matched_mask_logits(embeddings, fpn_map, projection, image, layer, query)
+    torch.testing.assert_close(picked, full[image, layer, query], atol=1e-4, rtol=1e-4)
+    weight = torch.randn_like(picked)
+    expected = torch.autograd.grad((full[image, layer, query] * weight).sum(), [embeddings, projection.weight])
+    got = torch.autograd.grad((picked * weight).sum(), [embeddings, projection.weight])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_base_model_outputs():
