@@ -47,3 +47,26 @@ def tiny_config(**overrides) -> MaskFormerConfig:
 @pytest.fixture(params=["swin", "resnet"])
 def hf_kind(request) -> str:
     return request.param
+
+
+def distributed_case(batch_size: int = 4, segments: int = 3):
+    """A tiny model (LayerNorm backbone, no dropout nor drop-path: per-process and whole-batch steps
+    are comparable)
+    and a fixed batch whose images all hold `segments` segments (so that the class term's weighting
+    coincides across processes)."""
+    from maskformer_hf import MaskFormerForUniversalSegmentation
+
+    torch.manual_seed(0)
+    backbone_config = tiny_hf_backbone_config("swin")
+    backbone_config.drop_path_rate = 0.0
+    config = tiny_config(backbone=None, backbone_config=backbone_config, dropout=0.0)
+    model = MaskFormerForUniversalSegmentation(config).train()
+    generator = torch.Generator().manual_seed(1)
+    pixel_values = torch.randn(batch_size, 3, 64, 64, generator=generator)
+    mask_labels, class_labels = [], []
+    for _ in range(batch_size):
+        ids = torch.randint(0, segments, (64, 64), generator=generator)
+        ids[0, :segments] = torch.arange(segments)
+        mask_labels.append(torch.stack([(ids == k).float() for k in range(segments)]))
+        class_labels.append(torch.randperm(config.num_labels, generator=generator)[:segments])
+    return model, pixel_values, mask_labels, class_labels

@@ -72,15 +72,20 @@ def _build_transformers(config: MaskFormerConfig) -> nn.Module:
 
     backbone_config = config.backbone_config
     if not config.use_pretrained_backbone:
-        return AutoBackbone.from_config(backbone_config)
-    if backbone_config.model_type == "maskformer-swin":
+        body = AutoBackbone.from_config(backbone_config)
+    elif backbone_config.model_type == "maskformer-swin":
         body = AutoBackbone.from_config(backbone_config)
         _load_swin_imagenet_weights(body, config.backbone)
+        _mark_initialised(body)
     else:
         # The concrete class: AutoBackbone.from_pretrained asks the Hub even for a local folder.
         backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(backbone_config)]
         body = backbone_class.from_pretrained(config.backbone, out_features=backbone_config.out_features)
-    _mark_initialised(body)
+        _mark_initialised(body)
+    if backbone_config.model_type == "maskformer-swin":
+        # Its classification-head LayerNorm feeds nothing MaskFormer uses; a parameter without a
+        # gradient stalls DistributedDataParallel's gradient reduction, so it goes.
+        body.model.layernorm = nn.Identity()
     return body
 
 

@@ -40,8 +40,9 @@ KEY_MAP: list[tuple[str, str]] = [
 ]
 # Inside a decoder layer, transformers' "encoder_attn" is our "cross_attn".
 _RENAMES = [(".encoder_attn.", ".cross_attn."), (".encoder_attn_layer_norm.", ".cross_attn_layer_norm.")]
-# Keys with no counterpart in the model: the loss's class weights (rebuilt from the config).
-DROPPED = (r"^criterion\.",)
+# Keys with no counterpart in the model: the loss's class weights (rebuilt from the config) and the
+# Swin backbone's classification-head LayerNorm (unused by MaskFormer, removed from our backbone).
+DROPPED = (r"^criterion\.", r"^model\.pixel_level_module\.encoder\.model\.layernorm\.")
 
 # transformers MaskFormerConfig field -> ours (same name unless listed); DETR decoder fields too.
 CONFIG_FIELDS = ("fpn_feature_size", "mask_feature_size", "no_object_weight", "use_auxiliary_loss",
