@@ -13,6 +13,8 @@ import sys
 import torch
 from accelerate import Accelerator
 
+from maskformer_hf.training import global_num_masks
+
 sys.path.insert(0, __file__.rsplit("/", 2)[0])  # tests/ for conftest
 from conftest import distributed_case  # noqa: E402
 
@@ -24,8 +26,8 @@ def main(out_path: str) -> None:
     model = accelerator.prepare(model)
     share = pixel_values.shape[0] // accelerator.num_processes
     mine = slice(accelerator.process_index * share, (accelerator.process_index + 1) * share)
-    local_masks = torch.tensor(float(sum(c.numel() for c in class_labels[mine])))
-    num_masks = accelerator.reduce(local_masks, reduction="sum") / accelerator.num_processes
+    num_masks = global_num_masks(class_labels[mine], lambda t: accelerator.reduce(t, reduction="sum"),
+                                 accelerator.num_processes)
     out = model(pixel_values[mine], mask_labels=mask_labels[mine], class_labels=class_labels[mine], num_masks=num_masks)
     accelerator.backward(out.loss)
     if accelerator.is_main_process:

@@ -1,0 +1,167 @@
+"""The training recipe (SPEC §5) as small pieces shared by ``scripts/train.py`` (accelerate) and the
+``Trainer`` route: the typed recipe config, optimizer parameter groups, the poly schedule, the
+distributed ``num_masks``.
+
+Read with ``scripts/train.py``, which wires them into a loop; nothing here touches global state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+# Parameters that never get weight decay (SPEC §5): normalisation layers, embeddings, position tables.
+NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, nn.Embedding)
+NO_DECAY_NAMES = ("relative_position_bias_table", "position_embeddings", "absolute_pos_embed", "pos_embed")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; a recipe file (YAML or JSON) fills it, flags override it."""
+
+    # Data
+    dataset: str = "synthetic"  # synthetic | ade20k | ade20k-parquet | coco-panoptic | semantic-folder | panoptic-folder
+    data_dir: str | None = None  # the dataset's root (synthetic: where it is generated)
+    train_split: str = "train"
+    eval_split: str = "validation"
+    image_column: str = "image"  # parquet datasets only
+    annotation_column: str = "annotation"  # parquet datasets only
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    augmentation: str = "ade20k"  # ade20k (scale jitter + crop + flip + colour) | coco-panoptic (DETR) | none
+    crop_size: int = 512
+    min_scale: float = 0.5  # of the crop size (ade20k augmentation)
+    max_scale: float = 2.0
+    eval_size: int | None = None  # shortest edge at evaluation (None: images as they are)
+    num_workers: int = 2
+    # Model
+    model: str = "swin-tiny"  # a preset of maskformer_hf.PRESETS, a local checkpoint or a Hub id
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # MaskFormerConfig fields
+    pretrained_backbone: bool = True  # ImageNet backbone weights for a preset (downloads once)
+    # Optimisation (SPEC §5)
+    max_steps: int = 160_000
+    per_device_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    backbone_lr_multiplier: float = 0.1  # 0.1 for CNN backbones, 1.0 for Swin
+    warmup_steps: int = 0
+    poly_power: float = 0.9
+    max_grad_norm: float | None = 0.01  # full-model gradient clipping (L2); None disables
+    mixed_precision: str = "no"  # no | bf16 | fp16 (bf16 on a CPU without native support falls back to no)
+    seed: int = 42
+    # Bookkeeping
+    output_dir: str = "outputs/maskformer"
+    eval_every: int = 0  # steps; 0: only at the end
+    save_every: int = 0  # steps; 0: only at the end
+    logging_every: int = 10
+    log_with: list[str] = field(default_factory=list)  # accelerate trackers, e.g. ["tensorboard"]
+    resume_from: str | None = None  # a checkpoint folder, or "latest"
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    tta: bool = False  # multi-scale + flip evaluation (semantic)
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "crop_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"TrainConfig.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if not 0 < self.min_scale <= self.max_scale:
+            raise ValueError(f"TrainConfig: need 0 < min_scale <= max_scale, got {self.min_scale}, {self.max_scale}")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a recipe (``.yaml``/``.yml``/``.json``, or the name of a shipped recipe such as
+        ``ade20k-swin-tiny``), then apply ``overrides`` (None values are ignored)."""
+        path = Path(path)
+        if not path.exists() and (RECIPES_DIR / f"{path}.yaml").exists():
+            path = RECIPES_DIR / f"{path}.yaml"
+        if not path.exists():
+            shipped = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+            raise ValueError(f"recipe {str(path)!r}: no such file and not a shipped recipe ({', '.join(shipped)})")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"recipe {path}: unknown fields {unknown}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def is_no_decay(name: str, module: nn.Module) -> bool:
+    """True for parameters of norm layers and embeddings, and for position tables."""
+    return isinstance(module, NO_DECAY_MODULES) or any(key in name for key in NO_DECAY_NAMES)
+
+
+def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float,
+                     backbone_lr_multiplier: float = 1.0, backbone_prefix: str = "model.backbone.") -> list[dict]:
+    """AdamW parameter groups: backbone parameters at ``learning_rate * backbone_lr_multiplier``; no
+    weight decay on norms, embeddings and position tables. Empty groups are left out."""
+    owner = {}
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            owner[f"{module_name}.{param_name}" if module_name else param_name] = module
+    groups: dict[tuple[bool, bool], list[Tensor]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (name.startswith(backbone_prefix), is_no_decay(name, owner[name]))
+        groups.setdefault(key, []).append(param)
+    return [
+        {"params": params, "lr": learning_rate * (backbone_lr_multiplier if backbone else 1.0),
+         "weight_decay": 0.0 if no_decay else weight_decay}
+        for (backbone, no_decay), params in sorted(groups.items())
+    ]
+
+
+def create_optimizer_and_scheduler(model: nn.Module, config: TrainConfig, num_training_steps: int | None = None):
+    """AdamW over :func:`parameter_groups` and a linear warm-up + poly decay (power 0.9) schedule."""
+    from transformers import get_polynomial_decay_schedule_with_warmup
+
+    groups = parameter_groups(model, config.learning_rate, config.weight_decay, config.backbone_lr_multiplier)
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_polynomial_decay_schedule_with_warmup(
+        optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=num_training_steps or config.max_steps,
+        lr_end=0.0, power=config.poly_power,
+    )
+    return optimizer, scheduler
+
+
+def global_num_masks(class_labels: Iterable[Tensor], reduce_sum: Callable[[Tensor], Tensor] | None = None,
+                     world_size: int = 1) -> Tensor:
+    """The ``num_masks`` to pass to the model under data parallelism: the number of segments in the
+    global batch divided by the number of processes, so that averaging the processes' gradients
+    gives the gradient of the whole batch. ``reduce_sum`` sums a tensor over processes (e.g.
+    ``lambda t: accelerator.reduce(t, "sum")``); without it the local count is returned."""
+    local = torch.tensor(float(sum(labels.numel() for labels in class_labels)))
+    if reduce_sum is None or world_size == 1:
+        return local
+    return reduce_sum(local) / world_size
+
+
+__all__ = ["TrainConfig", "create_optimizer_and_scheduler", "global_num_masks", "is_no_decay", "parameter_groups"]
