@@ -1,0 +1,125 @@
+"""COCO panoptic from the official local layout.
+
+::
+
+    coco/
+      annotations/panoptic_train2017.json   annotations/panoptic_val2017.json
+      panoptic_train2017/*.png              panoptic_val2017/*.png    (or annotations/panoptic_*2017/)
+      train2017/*.jpg                       val2017/*.jpg
+
+The JSON holds ``categories`` (``id``, ``name``, ``isthing``; 133 classes, ids 1..200 with gaps),
+``images`` and ``annotations`` (``image_id``, ``file_name`` of the PNG, ``segments_info`` with
+``id``, ``category_id``, ``iscrowd``). PNGs encode ``id = R + 256·G + 256²·B`` (0 = void) and are
+used as they are. Category ids are mapped to contiguous label ids in ascending id order; the
+metadata keeps ``thing_ids`` (label ids with ``isthing``) and ``source_category_ids`` (the COCO id
+of each label, to write predictions back in COCO format).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from .folder import SPLIT_ALIASES, _select
+from .schema import SegmentationMetadata, dataset_info
+
+logger = logging.getLogger(__name__)
+
+
+def coco_panoptic_metadata(categories: Sequence[dict[str, Any]]) -> SegmentationMetadata:
+    """Metadata from COCO ``categories`` (contiguous labels in ascending category id order)."""
+    try:
+        categories = sorted(categories, key=lambda c: int(c["id"]))
+        names = [str(c["name"]) for c in categories]
+        things = [label for label, c in enumerate(categories) if c.get("isthing", 0)]
+        ids = [int(c["id"]) for c in categories]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"COCO categories must be dicts with 'id', 'name' (and 'isthing'): {error!r}") from None
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"COCO category ids must be unique, got {ids}")
+    return SegmentationMetadata(task="panoptic", id2label=dict(enumerate(names)), thing_ids=tuple(things),
+                                source_category_ids=tuple(ids))
+
+
+def _find_dir(root: Path, candidates: Sequence[str], what: str) -> Path:
+    for candidate in candidates:
+        if (root / candidate).is_dir():
+            return root / candidate
+    raise ValueError(f"no {what} folder under {root}: looked for {', '.join(candidates)}")
+
+
+def load_coco_panoptic(
+    root: str | Path,
+    split: str | None = None,
+    splits: Sequence[str] = ("train", "val"),
+    year: str = "2017",
+) -> datasets.Dataset | datasets.DatasetDict:
+    """COCO panoptic -> the shared schema, splits ``train`` and ``validation``.
+
+    Args:
+        root: the folder holding ``annotations/`` and the image and PNG folders.
+        split: ``"train"`` or ``"validation"`` for one ``Dataset``; default all of ``splits``.
+        splits: COCO split names to load (``train``, ``val``) when ``split`` is not given; a
+            missing JSON is skipped with a log line, unless nothing is found.
+        year: the suffix of the folder names.
+    """
+    root = Path(root)
+    if split is not None:
+        wanted = {SPLIT_ALIASES.get(s, s): s for s in splits}
+        if split not in wanted:
+            raise ValueError(f"split {split!r} not found; available: {list(wanted)}")
+        splits = [wanted[split]]
+    loaded, metadata = {}, None
+    for coco_split in splits:
+        json_path = root / "annotations" / f"panoptic_{coco_split}{year}.json"
+        if not json_path.is_file():
+            logger.info("skipping %s: no %s", coco_split, json_path)
+            continue
+        content = json.loads(json_path.read_text())
+        split_metadata = coco_panoptic_metadata(content["categories"])
+        if metadata is not None and split_metadata != metadata:
+            raise ValueError(f"{json_path}: categories differ from those of the other split")
+        metadata = split_metadata
+        loaded[SPLIT_ALIASES.get(coco_split, coco_split)] = _split_table(root, coco_split, year, content, metadata)
+        logger.info("%s: %d images", json_path, len(loaded[SPLIT_ALIASES.get(coco_split, coco_split)]))
+    if not loaded:
+        raise ValueError(f"no annotations/panoptic_{{{','.join(splits)}}}{year}.json under {root}")
+    return _select(datasets.DatasetDict(loaded), split)
+
+
+def _split_table(root: Path, coco_split: str, year: str, content: dict[str, Any],
+                 metadata: SegmentationMetadata) -> datasets.Dataset:
+    image_dir = _find_dir(root, [f"{coco_split}{year}", f"images/{coco_split}{year}"], "image")
+    png_dir = _find_dir(root, [f"panoptic_{coco_split}{year}", f"annotations/panoptic_{coco_split}{year}"],
+                        "panoptic PNG")
+    label_of = {category_id: label for label, category_id in enumerate(metadata.source_category_ids)}
+    file_of = {image["id"]: image["file_name"] for image in content["images"]}
+    columns: dict[str, list[Any]] = {"image_id": [], "image": [], "annotation": [], "segments_info": []}
+    for annotation in content["annotations"]:
+        if annotation["image_id"] not in file_of:
+            raise ValueError(f"annotation {annotation['file_name']} refers to image_id {annotation['image_id']}, "
+                             "which is not in 'images'")
+        segments = []
+        for segment in annotation["segments_info"]:
+            if segment["category_id"] not in label_of:
+                raise ValueError(f"{annotation['file_name']}: category_id {segment['category_id']} is not in "
+                                 "'categories'")
+            if int(segment["id"]) == 0:
+                raise ValueError(f"{annotation['file_name']}: segment id 0 is reserved for void")
+            segments.append({"id": int(segment["id"]), "label_id": label_of[segment["category_id"]],
+                             "iscrowd": bool(segment.get("iscrowd", 0))})
+        columns["image_id"].append(str(annotation["image_id"]))
+        columns["image"].append(str(image_dir / file_of[annotation["image_id"]]))
+        columns["annotation"].append(str(png_dir / annotation["file_name"]))
+        columns["segments_info"].append(segments)
+    for column in ("image", "annotation"):
+        if columns[column] and not Path(columns[column][0]).is_file():
+            raise ValueError(f"{columns[column][0]} does not exist (listed in panoptic_{coco_split}{year}.json)")
+    info = dataset_info(metadata)
+    return datasets.Dataset.from_dict(columns, features=info.features, info=info,
+                                      split=SPLIT_ALIASES.get(coco_split, coco_split))
