@@ -7,6 +7,7 @@ Importing the package registers the config and models with transformers' Auto cl
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageSegmentation,
     AutoModelForUniversalSegmentation,
@@ -14,6 +15,8 @@ from transformers import (
 
 from .configuration_maskformer import PRESETS, MaskFormerConfig
 from .conversion import convert_from_transformers
+from .image_processing_maskformer import MaskFormerImageProcessor, segmentation_map_to_masks
+from .inference import instance_inference, panoptic_inference, semantic_inference, semantic_inference_tta
 from .modeling_maskformer import (
     MaskFormerForUniversalSegmentation,
     MaskFormerForUniversalSegmentationOutput,
@@ -29,11 +32,17 @@ __all__ = [
     "MaskFormerConfig",
     "MaskFormerForUniversalSegmentation",
     "MaskFormerForUniversalSegmentationOutput",
+    "MaskFormerImageProcessor",
     "MaskFormerModel",
     "MaskFormerModelOutput",
     "MaskFormerPreTrainedModel",
     "convert_from_transformers",
+    "instance_inference",
+    "panoptic_inference",
     "register_auto_classes",
+    "segmentation_map_to_masks",
+    "semantic_inference",
+    "semantic_inference_tta",
 ]
 
 
@@ -43,6 +52,11 @@ def register_auto_classes() -> None:
     AutoModel.register(MaskFormerConfig, MaskFormerModel, exist_ok=True)
     for auto_class in (AutoModelForUniversalSegmentation, AutoModelForImageSegmentation):
         auto_class.register(MaskFormerConfig, MaskFormerForUniversalSegmentation, exist_ok=True)
+    AutoImageProcessor.register(
+        MaskFormerConfig,
+        image_processor_classes={"torchvision": MaskFormerImageProcessor, "pil": MaskFormerImageProcessor},
+        exist_ok=True,
+    )
 
 
 register_auto_classes()

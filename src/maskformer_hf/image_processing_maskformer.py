@@ -1,0 +1,470 @@
+"""MaskFormer image processor: images and label maps in, model inputs out; model outputs in, maps out.
+
+Pre-processing: resize (shortest/longest edge, or a fixed size, rounded up to ``size_divisor``),
+rescale, normalise, pad bottom/right to the batch's largest image, and turn each label map into
+binary masks and class ids (:func:`segmentation_map_to_masks`). Post-processing: thin methods over
+:mod:`maskformer_hf.inference`. Argument names and return formats are those of transformers'
+``MaskFormerImageProcessor``; see the README for where the results deliberately differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.v2 import functional as tvF
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_transforms import get_size_with_aspect_ratio
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.processing_utils import ImagesKwargs
+
+from .inference import instance_inference, panoptic_inference, semantic_inference
+
+logger = logging.getLogger(__name__)
+
+_RESAMPLE = {
+    PILImageResampling.NEAREST: tvF.InterpolationMode.NEAREST_EXACT,
+    PILImageResampling.BILINEAR: tvF.InterpolationMode.BILINEAR,
+    PILImageResampling.BICUBIC: tvF.InterpolationMode.BICUBIC,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels: one map -> binary masks + class ids
+# ---------------------------------------------------------------------------------------------
+def segmentation_map_to_masks(
+    segmentation_map: Tensor,
+    instance_id_to_semantic_id: Mapping[int, int] | None = None,
+    ignore_index: int | None = None,
+    do_reduce_labels: bool = False,
+    num_labels: int | None = None,
+    padded_size: tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Turn one label map into per-segment binary masks and their class ids (pure, batched ops).
+
+    Args:
+        segmentation_map: `(H, W)` integer map: class ids (semantic) or segment ids (instance /
+            panoptic, any size, e.g. raw COCO panoptic ids ``R + 256 G + 256^2 B``).
+        instance_id_to_semantic_id: segment id -> class id; None for a semantic map.
+        ignore_index: pixels of this value (after reduction) belong to no mask; with a mapping,
+            the segment id to ignore (e.g. 0, COCO's void).
+        do_reduce_labels: id 0 is "ignore" and every other id shifts down by one (ADE20K); with a
+            mapping, id 0 is void, mapped classes shift down by one and a segment mapped to 0 is
+            dropped (e.g. crowd regions). Needs `ignore_index`.
+        num_labels: if given, every class id must be in `[0, num_labels)`.
+        padded_size: return masks padded (with 0) to this `(H_p, W_p)`, without an extra copy.
+    Returns:
+        `masks` `(N, H, W)` (or `(N, H_p, W_p)`) float32 in {0, 1}, one per segment in increasing
+        id order, and `classes` `(N,)` int64.
+    """
+    if not isinstance(segmentation_map, Tensor):
+        raise TypeError(f"segmentation_map: expected a torch.Tensor, got {type(segmentation_map).__name__}")
+    if segmentation_map.ndim != 2:
+        raise ValueError(f"segmentation_map: expected (height, width), got shape {tuple(segmentation_map.shape)}")
+    if segmentation_map.is_floating_point() or segmentation_map.is_complex():
+        raise TypeError(f"segmentation_map: expected integer ids, got {segmentation_map.dtype}")
+    if do_reduce_labels and ignore_index is None:
+        raise ValueError("do_reduce_labels=True needs an ignore_index for the former 0 pixels (e.g. 255)")
+    height, width = segmentation_map.shape
+    ids, inverse = _unique_ids(segmentation_map.reshape(-1).long())  # (U,), (H*W,)
+    if instance_id_to_semantic_id is None:
+        classes = ids - 1 if do_reduce_labels else ids.clone()
+        keep = ids != 0 if do_reduce_labels else torch.ones_like(ids, dtype=torch.bool)
+        if ignore_index is not None:
+            keep &= classes != ignore_index
+    else:
+        keep = ids != 0 if do_reduce_labels else torch.ones_like(ids, dtype=torch.bool)
+        if ignore_index is not None and not do_reduce_labels:
+            keep &= ids != ignore_index
+        wanted = ids[keep].tolist()
+        missing = [i for i in wanted if i not in instance_id_to_semantic_id]
+        if missing:
+            raise ValueError(f"instance_id_to_semantic_id: no class for segment ids {missing[:10]} "
+                             f"(it has {len(instance_id_to_semantic_id)} entries)")
+        lookup = [int(instance_id_to_semantic_id.get(i, 0)) for i in ids.tolist()]
+        classes = torch.tensor(lookup, dtype=torch.int64, device=ids.device) - int(do_reduce_labels)
+        if do_reduce_labels:
+            keep &= classes >= 0  # a segment mapped to class 0 is background (e.g. crowd regions)
+    classes = classes[keep]
+    if classes.numel() and int(classes.min()) < 0:
+        raise ValueError(f"segmentation_map: class ids must be >= 0, got {sorted(set(classes[classes < 0].tolist()))}; "
+                         "set ignore_index to the value of unlabelled pixels")
+    if num_labels is not None and classes.numel() and int(classes.max()) >= num_labels:
+        bad = sorted(set(classes[classes >= num_labels].tolist()))
+        raise ValueError(f"segmentation_map: class ids {bad[:10]} are >= num_labels={num_labels} "
+                         "(forgot do_reduce_labels, or ignore_index?)")
+    num = int(keep.sum())
+    row = torch.full_like(ids, num)  # segment id -> mask row; dropped ids -> a spare row
+    row[keep] = torch.arange(num, device=ids.device)
+    rows = row[inverse]  # (H*W,)
+    out_h, out_w = padded_size or (height, width)
+    if (out_h, out_w) != (height, width):
+        if out_h < height or out_w < width:
+            raise ValueError(f"padded_size: {(out_h, out_w)} is smaller than the map {(height, width)}")
+        full = torch.full((out_h, out_w), num, dtype=rows.dtype, device=rows.device)
+        full[:height, :width] = rows.view(height, width)
+        rows = full.view(-1)
+    spare = bool((rows == num).any())
+    masks = torch.zeros((num + int(spare), out_h * out_w), dtype=torch.float32, device=rows.device)
+    masks.scatter_(0, rows[None], 1.0)
+    return masks[:num].view(num, out_h, out_w), classes
+
+
+def _unique_ids(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted distinct values of `flat` `(P,)` and each element's index among them: by counting
+    when the id range is small, else by sorting."""
+    low, high = flat.aminmax()
+    span = int(high) - int(low) + 1
+    if span <= max(1 << 16, flat.numel()):
+        shifted = flat - low
+        present = torch.bincount(shifted, minlength=span).nonzero()[:, 0]
+        lut = torch.empty(span, dtype=torch.int64, device=flat.device)
+        lut[present] = torch.arange(len(present), device=flat.device)
+        return present + low, lut[shifted]
+    return torch.unique(flat, sorted=True, return_inverse=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs -> tensors
+# ---------------------------------------------------------------------------------------------
+def _image_to_tensor(image: Any) -> Tensor:
+    """PIL / numpy / torch image (RGB, grey or RGBA; HWC or CHW) -> `(3, H, W)` uint8 or float32."""
+    if isinstance(image, Image.Image):
+        if image.mode not in ("RGB", "L", "RGBA"):
+            image = image.convert("RGB")
+        array = torch.from_numpy(np.array(image))
+        layout = "hwc"
+    elif isinstance(image, np.ndarray):
+        array, layout = torch.from_numpy(np.ascontiguousarray(image)), "hwc"
+    elif isinstance(image, Tensor):
+        array, layout = image, "chw"
+    else:
+        raise TypeError(f"images: expected PIL images, numpy arrays or torch tensors, got {type(image).__name__}")
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3:
+        first, last = array.shape[0] in (1, 3, 4), array.shape[-1] in (1, 3, 4)
+        if last and (layout == "hwc" or not first):
+            array = array.permute(2, 0, 1)
+        elif not first:
+            raise ValueError(f"images: expected 1, 3 or 4 channels (HWC or CHW), got shape {tuple(array.shape)}")
+    else:
+        raise ValueError(f"images: expected (H, W), (H, W, C) or (C, H, W) per image, got shape {tuple(array.shape)}")
+    if array.dtype == torch.bool or not (array.dtype == torch.uint8 or array.is_floating_point()):
+        raise TypeError(f"images: expected uint8 or floating point pixels, got {array.dtype}")
+    if array.shape[0] == 1:
+        array = array.expand(3, -1, -1)
+    elif array.shape[0] == 4:  # RGBA: drop alpha, as PIL's convert("RGB")
+        array = array[:3]
+    return array if array.dtype == torch.uint8 else array.float()
+
+
+def _label_map_to_tensor(label_map: Any) -> Tensor:
+    """PIL / numpy / torch label map -> `(H, W)` integer tensor. 3-channel uint8 maps are COCO
+    panoptic PNGs: id = R + 256 G + 256^2 B."""
+    if isinstance(label_map, Image.Image):
+        if label_map.mode not in ("L", "P", "I", "I;16", "1", "RGB"):
+            raise ValueError(f"segmentation_maps: unsupported PIL mode {label_map.mode!r} (expected L, P, I, I;16 or RGB)")
+        array = torch.from_numpy(np.array(label_map).astype(np.int64) if label_map.mode in ("I;16", "I")
+                                 else np.array(label_map))
+        layout = "hwc"
+    elif isinstance(label_map, np.ndarray):
+        if label_map.dtype in (np.uint16, np.uint32, np.uint64):
+            label_map = label_map.astype(np.int64)
+        array, layout = torch.from_numpy(np.ascontiguousarray(label_map)), "hwc"
+    elif isinstance(label_map, Tensor):
+        array, layout = label_map, "chw"
+        if array.dtype in (torch.uint16, torch.uint32, torch.uint64):
+            array = array.to(torch.int64)
+    else:
+        raise TypeError(f"segmentation_maps: expected PIL images, numpy arrays or torch tensors, "
+                        f"got {type(label_map).__name__}")
+    if array.is_floating_point() or array.is_complex():
+        raise TypeError(f"segmentation_maps: expected integer ids, got {array.dtype}")
+    if array.dtype == torch.bool:
+        array = array.to(torch.uint8)
+    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]) and 3 not in (array.shape[0], array.shape[-1]):
+        array = array.squeeze(0 if array.shape[0] == 1 else -1)
+    if array.ndim == 3:
+        if array.shape[-1] == 3 and (layout == "hwc" or array.shape[0] != 3):
+            array = array.permute(2, 0, 1)
+        elif array.shape[0] != 3:
+            raise ValueError(f"segmentation_maps: expected (H, W) ids or (H, W, 3) RGB-encoded ids, got {tuple(array.shape)}")
+        rgb = array.to(torch.int64)
+        array = rgb[0] + 256 * rgb[1] + 65536 * rgb[2]
+    if array.ndim != 2:
+        raise ValueError(f"segmentation_maps: expected (H, W) per map, got shape {tuple(array.shape)}")
+    return array
+
+
+def _as_list(items: Any, batch_ndim: int, count: int | None = None) -> list:
+    """A list of per-image items: lists stay, a stacked array of `batch_ndim` dims is split
+    (label maps: a 3-d stack whose first dim is the number of images, when there are several)."""
+    if isinstance(items, (list, tuple)):
+        return list(items)
+    if isinstance(items, (np.ndarray, Tensor)) and (
+        items.ndim == batch_ndim + 1 or (count is not None and count > 1 and items.ndim == batch_ndim
+                                         and items.shape[0] == count)):
+        return list(items)
+    return [items]
+
+
+def _nearest_indices(size: int, new_size: int, device: torch.device) -> Tensor:
+    """Source index of each output index under nearest-exact resizing (torch's own kernel)."""
+    ramp = torch.arange(size, dtype=torch.float32, device=device).view(1, 1, size)
+    return F.interpolate(ramp, size=new_size, mode="nearest-exact").view(-1).long()
+
+
+class MaskFormerImageProcessorKwargs(ImagesKwargs, total=False):
+    size_divisor: int
+    ignore_index: int | None
+    do_reduce_labels: bool
+    num_labels: int | None
+    label_ids_to_fuse: list[int] | None
+
+
+class MaskFormerImageProcessor(BaseImageProcessor):
+    r"""Pre- and post-processing for :class:`~maskformer_hf.MaskFormerForUniversalSegmentation`.
+
+    Args:
+        do_resize: resize images (and maps) to ``size``.
+        size: ``{"shortest_edge", "longest_edge"}`` (aspect kept) or ``{"height", "width"}``; an int is
+            a shortest edge.
+        size_divisor: resized height and width are rounded up to a multiple of it (0: off).
+        resample: ``PILImageResampling`` filter for images (maps always use nearest).
+        do_rescale, rescale_factor: multiply pixel values (1/255: uint8 -> [0, 1]).
+        do_normalize, image_mean, image_std: per-channel normalisation.
+        ignore_index: label of pixels that belong to no mask (e.g. 255).
+        do_reduce_labels: label 0 becomes ``ignore_index``, every other label shifts down by one.
+        num_labels: when set, class ids in maps must be below it.
+        do_pad: pad a batch bottom/right to its largest image (with a ``pixel_mask``).
+        label_ids_to_fuse: classes whose segments merge in panoptic post-processing ("stuff") when a
+            call does not pass ``label_ids_to_fuse``; saved with the processor, so the pipeline fuses too.
+    """
+
+    model_input_names = ["pixel_values", "pixel_mask"]
+    valid_kwargs = MaskFormerImageProcessorKwargs
+    _fields = ("do_resize", "size", "size_divisor", "resample", "do_rescale", "rescale_factor", "do_normalize",
+               "image_mean", "image_std", "ignore_index", "do_reduce_labels", "num_labels", "do_pad",
+               "label_ids_to_fuse")
+
+    def __init__(
+        self,
+        do_resize: bool = True,
+        size: dict[str, int] | int | None = None,
+        size_divisor: int = 32,
+        resample: PILImageResampling | int = PILImageResampling.BILINEAR,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        ignore_index: int | None = None,
+        do_reduce_labels: bool = False,
+        num_labels: int | None = None,
+        do_pad: bool = True,
+        label_ids_to_fuse: Iterable[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Names used by older transformers processor configs (Hub checkpoints).
+        max_size = kwargs.pop("max_size", kwargs.pop("_max_size", None))
+        if "reduce_labels" in kwargs:
+            do_reduce_labels = kwargs.pop("reduce_labels")
+        auto_map = kwargs.pop("auto_map", None)
+        unused = sorted(k for k in kwargs if k not in ("image_processor_type", "feature_extractor_type", "processor_class"))
+        if unused:
+            logger.info("MaskFormerImageProcessor: ignoring unknown settings %s", unused)
+        super().__init__()
+        if auto_map is not None:
+            self.auto_map = auto_map
+        self.do_resize = bool(do_resize)
+        self.size = _size_dict(size if size is not None else {"shortest_edge": 800, "longest_edge": 1333}, max_size)
+        self.size_divisor = int(size_divisor or 0)
+        self.resample = PILImageResampling(resample)
+        if self.resample not in _RESAMPLE:
+            raise ValueError(f"resample: expected NEAREST, BILINEAR or BICUBIC, got {self.resample!r}")
+        self.do_rescale = bool(do_rescale)
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
+        self.image_mean = [float(v) for v in image_mean]
+        self.image_std = [float(v) for v in image_std]
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(f"image_mean/image_std: expected 3 values (std > 0), got {image_mean} / {image_std}")
+        self.ignore_index = ignore_index
+        self.do_reduce_labels = bool(do_reduce_labels)
+        self.num_labels = num_labels
+        self.do_pad = bool(do_pad)
+        self.label_ids_to_fuse = sorted({int(i) for i in label_ids_to_fuse}) if label_ids_to_fuse is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {field: getattr(self, field) for field in self._fields}
+        out["resample"] = int(self.resample)
+        out["image_processor_type"] = type(self).__name__
+        if getattr(self, "auto_map", None):
+            out["auto_map"] = dict(self.auto_map)
+        return out
+
+    # -----------------------------------------------------------------------------------------
+    def __call__(self, images: Any, segmentation_maps: Any = None, instance_id_to_semantic_id: Any = None,
+                 **kwargs: Any) -> BatchFeature:
+        return self.preprocess(images, segmentation_maps, instance_id_to_semantic_id, **kwargs)
+
+    def preprocess(self, images: Any, segmentation_maps: Any = None,
+                   instance_id_to_semantic_id: Mapping[int, int] | Sequence[Mapping[int, int] | None] | None = None,
+                   return_tensors: str | None = "pt", **overrides: Any) -> BatchFeature:
+        """Images (and optional label maps) -> ``pixel_values`` `(B, 3, H, W)` float32,
+        ``pixel_mask`` `(B, H, W)` int64 and, with maps, ``mask_labels`` (list of `(N_i, H, W)`
+        float32, 0 on padding) and ``class_labels`` (list of `(N_i,)` int64).
+
+        Any constructor setting can be overridden for this call (e.g. ``do_resize=False`` for
+        already augmented uint8 `(3, H, W)` tensors and `(H, W)` int64 maps).
+        """
+        unknown = sorted(set(overrides) - set(self._fields))
+        if unknown:
+            raise TypeError(f"MaskFormerImageProcessor: unknown arguments {unknown}; expected some of {list(self._fields)}")
+        if return_tensors not in (None, "pt") and str(return_tensors) != "TensorType.PYTORCH":
+            raise ValueError(f"return_tensors: only 'pt' is supported, got {return_tensors!r}")
+        s = {field: overrides.get(field, getattr(self, field)) for field in self._fields}
+        size = _size_dict(s["size"], None)
+        image_list = [_image_to_tensor(image) for image in _as_list(images, 3)]
+        if not image_list:
+            raise ValueError("images: expected at least one image")
+        map_list = None
+        if segmentation_maps is not None:
+            map_list = [_label_map_to_tensor(m) for m in _as_list(segmentation_maps, 3, len(image_list))]
+            if len(map_list) != len(image_list):
+                raise ValueError(f"segmentation_maps: expected one per image ({len(image_list)}), got {len(map_list)}")
+            for i, (image, label_map) in enumerate(zip(image_list, map_list)):
+                if tuple(image.shape[-2:]) != tuple(label_map.shape):
+                    raise ValueError(f"segmentation_maps[{i}]: size {tuple(label_map.shape)} differs from its image "
+                                     f"{tuple(image.shape[-2:])}")
+        mappings = _per_image(instance_id_to_semantic_id, len(image_list))
+
+        # Resize, grouped by size so that same-sized images go through one batched call.
+        if s["do_resize"]:
+            groups: dict[tuple, list[int]] = {}
+            for i, image in enumerate(image_list):
+                groups.setdefault((tuple(image.shape[-2:]), image.dtype), []).append(i)
+            for ((height, width), _), members in groups.items():
+                new_size = resize_output_size(height, width, size, s["size_divisor"])
+                if new_size == (height, width):
+                    continue
+                stacked = torch.stack([image_list[i] for i in members])
+                resized = tvF.resize(stacked, list(new_size), interpolation=_RESAMPLE[PILImageResampling(s["resample"])],
+                                     antialias=True)
+                for j, i in enumerate(members):
+                    image_list[i] = resized[j]
+                if map_list is not None:
+                    rows = _nearest_indices(height, new_size[0], stacked.device)
+                    cols = _nearest_indices(width, new_size[1], stacked.device)
+                    for i in members:
+                        map_list[i] = map_list[i].index_select(0, rows).index_select(1, cols)
+
+        # Rescale + normalise (one fused affine map per channel), pad.
+        scale = s["rescale_factor"] if s["do_rescale"] else 1.0
+        mean = torch.tensor(s["image_mean"] if s["do_normalize"] else [0.0] * 3) * (1.0 / scale)
+        std = torch.tensor(s["image_std"] if s["do_normalize"] else [1.0] * 3) * (1.0 / scale)
+        heights, widths = [x.shape[-2] for x in image_list], [x.shape[-1] for x in image_list]
+        padded = (max(heights), max(widths))
+        if not s["do_pad"] and (len(set(heights)) > 1 or len(set(widths)) > 1):
+            raise ValueError(f"images differ in size after resizing ({sorted(set(zip(heights, widths)))}); "
+                             "set do_pad=True or resize to a fixed size")
+        pixel_values = torch.zeros((len(image_list), 3, *padded), dtype=torch.float32)
+        pixel_mask = torch.zeros((len(image_list), *padded), dtype=torch.int64)
+        for i, image in enumerate(image_list):
+            h, w = image.shape[-2:]
+            torch.div(image.float() - mean.view(3, 1, 1), std.view(3, 1, 1), out=pixel_values[i, :, :h, :w])
+            pixel_mask[i, :h, :w] = 1
+        data = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+        encoded = BatchFeature(data=data, tensor_type=None)
+        if map_list is not None:
+            mask_labels, class_labels = [], []
+            for label_map, mapping in zip(map_list, mappings):
+                masks, classes = segmentation_map_to_masks(label_map, mapping, s["ignore_index"], s["do_reduce_labels"],
+                                                           s["num_labels"], padded_size=padded)
+                mask_labels.append(masks)
+                class_labels.append(classes)
+            encoded["mask_labels"] = mask_labels
+            encoded["class_labels"] = class_labels
+        return encoded
+
+    # -----------------------------------------------------------------------------------------
+    def post_process_semantic_segmentation(self, outputs: Any, target_sizes: Sequence[Sequence[int]] | None = None
+                                           ) -> list[Tensor]:
+        """Per image a `(height, width)` int64 map of class ids (see :func:`~maskformer_hf.inference.semantic_inference`)."""
+        return semantic_inference(*_logits(outputs), target_sizes=target_sizes)
+
+    def post_process_instance_segmentation(self, outputs: Any, threshold: float = 0.5, mask_threshold: float = 0.5,
+                                           overlap_mask_area_threshold: float = 0.8,
+                                           target_sizes: Sequence[Sequence[int]] | None = None,
+                                           return_binary_maps: bool = False) -> list[dict[str, Any]]:
+        """Per image ``{"segmentation", "segments_info"}`` (see :func:`~maskformer_hf.inference.instance_inference`)."""
+        return instance_inference(*_logits(outputs), target_sizes=target_sizes, threshold=threshold,
+                                  mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
+                                  return_binary_maps=return_binary_maps)
+
+    def post_process_panoptic_segmentation(self, outputs: Any, threshold: float = 0.5, mask_threshold: float = 0.5,
+                                           overlap_mask_area_threshold: float = 0.8,
+                                           label_ids_to_fuse: Iterable[int] | None = None,
+                                           target_sizes: Sequence[Sequence[int]] | None = None) -> list[dict[str, Any]]:
+        """Per image ``{"segmentation", "segments_info"}`` (see :func:`~maskformer_hf.inference.panoptic_inference`).
+        `label_ids_to_fuse` defaults to the processor's ``label_ids_to_fuse``."""
+        if label_ids_to_fuse is None:
+            label_ids_to_fuse = self.label_ids_to_fuse
+        return panoptic_inference(*_logits(outputs), target_sizes=target_sizes, threshold=threshold,
+                                  mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
+                                  label_ids_to_fuse=label_ids_to_fuse)
+
+
+def resize_output_size(height: int, width: int, size: Mapping[str, int], size_divisor: int = 0) -> tuple[int, int]:
+    """Output `(height, width)` for an image of `(height, width)`: shortest edge (capped by the
+    longest edge) or a fixed size, then rounded up to a multiple of `size_divisor`."""
+    if "shortest_edge" in size:
+        new_h, new_w = get_size_with_aspect_ratio((height, width), size["shortest_edge"], size.get("longest_edge"))
+    else:
+        new_h, new_w = size["height"], size["width"]
+    if size_divisor:
+        new_h, new_w = -(-new_h // size_divisor) * size_divisor, -(-new_w // size_divisor) * size_divisor
+    return int(new_h), int(new_w)
+
+
+def _size_dict(size: Mapping[str, int] | int | Any, max_size: int | None) -> dict[str, int]:
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    size = {k: int(v) for k, v in dict(size).items() if v is not None}
+    if max_size is not None and "shortest_edge" in size:
+        size.setdefault("longest_edge", int(max_size))
+    if set(size) not in ({"shortest_edge"}, {"shortest_edge", "longest_edge"}, {"height", "width"}):
+        raise ValueError(f"size: expected {{'shortest_edge'[, 'longest_edge']}} or {{'height', 'width'}}, got {size}")
+    if min(size.values()) < 1:
+        raise ValueError(f"size: expected positive sizes, got {size}")
+    return size
+
+
+def _per_image(mapping: Any, count: int) -> list[Mapping[int, int] | None]:
+    if mapping is None or isinstance(mapping, Mapping):
+        return [mapping] * count
+    mapping = list(mapping)
+    if len(mapping) != count:
+        raise ValueError(f"instance_id_to_semantic_id: expected one dict per image ({count}), got {len(mapping)}")
+    return mapping
+
+
+def _logits(outputs: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(class logits, mask logits, pixel mask or None) from a model output or a dict."""
+    def get(name: str) -> Any:
+        if isinstance(outputs, Mapping):
+            return outputs.get(name)
+        return getattr(outputs, name, None)
+
+    class_logits, mask_logits = get("class_queries_logits"), get("masks_queries_logits")
+    if class_logits is None or mask_logits is None:
+        raise ValueError("outputs: expected class_queries_logits and masks_queries_logits (a MaskFormer output), "
+                         f"got {type(outputs).__name__}")
+    return class_logits, mask_logits, get("pixel_mask")
