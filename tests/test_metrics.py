@@ -7,6 +7,7 @@ import configparser
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -295,3 +296,14 @@ def test_evaluate_modules_load_offline(tmp_path):
     values = json.loads(result.stdout.strip().splitlines()[-1])
     assert values["miou"] == pytest.approx(values["plain"]) and 0 < values["miou"] < 1
     assert values["pq"] == 1.0
+
+
+def test_readme_metrics_example_runs(monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "PanopticQuality(" in b]
+    assert len(blocks) == 1
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    assert namespace["pq"].compute()["pq"] == 1.0
+    assert namespace["miou"] is not None
