@@ -70,3 +70,28 @@ def distributed_case(batch_size: int = 4, segments: int = 3):
         mask_labels.append(torch.stack([(ids == k).float() for k in range(segments)]))
         class_labels.append(torch.randperm(config.num_labels, generator=generator)[:segments])
     return model, pixel_values, mask_labels, class_labels
+
+
+def fake_segmentation_outputs(batch: int = 2, queries: int = 20, classes: int = 10, size: tuple[int, int] = (32, 40),
+                              confident: int = 6, class_margin: float = 14.0, edge_sharpness: float = 4.0,
+                              seed: int = 0):
+    """Logits shaped like a trained MaskFormer's: `confident` queries own the regions of a random
+    partition (Voronoi cells, soft edges) with a confident class each; the others predict "no
+    object" and weak, smooth masks. Returns `(class_queries_logits (B, Q, K + 1),
+    masks_queries_logits (B, Q, h, w))`."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    class_logits = torch.randn(batch, queries, classes + 1, generator=g)
+    class_logits[..., -1] += 8.0
+    noise = torch.nn.functional.interpolate(torch.randn(batch * queries, 1, 6, 6, generator=g), size=size,
+                                            mode="bicubic", align_corners=False)
+    mask_logits = torch.randn(batch, queries, 1, 1, generator=g) - 6.0 + 2.0 * noise.view(batch, queries, h, w)
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    for b in range(batch):
+        owners = torch.randperm(queries, generator=g)[:confident]
+        class_logits[b, owners, torch.randint(0, classes, (confident,), generator=g)] += class_margin
+        centres = torch.rand(confident, 2, generator=g) * torch.tensor([h, w])
+        dist = ((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2).sqrt()  # (confident, h, w)
+        mask_logits[b, owners] = 6.0 - edge_sharpness * (dist - dist.min(0).values) + 0.5 * torch.randn(
+            confident, h, w, generator=g)
+    return class_logits, mask_logits
