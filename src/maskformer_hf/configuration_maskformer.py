@@ -99,6 +99,12 @@ class MaskFormerConfig(PretrainedConfig):
 
     model_type = "maskformer_hf"
     attribute_map = {"num_attention_heads": "decoder_attention_heads", "num_hidden_layers": "decoder_layers"}
+    # Trainer's evaluation keeps only what metrics need (class and mask logits, the padding mask).
+    keys_to_ignore_at_inference = [
+        "loss_dict", "auxiliary_logits", "encoder_last_hidden_state", "pixel_decoder_last_hidden_state",
+        "transformer_decoder_last_hidden_state", "encoder_hidden_states", "pixel_decoder_hidden_states",
+        "transformer_decoder_hidden_states", "hidden_states",
+    ]
 
     def __init__(
         self,

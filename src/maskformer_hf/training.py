@@ -36,6 +36,9 @@ class TrainConfig:
     data_dir: str | None = None  # the dataset's root (synthetic: where it is generated)
     train_split: str = "train"
     eval_split: str = "validation"
+    synthetic_num_train: int = 400  # synthetic dataset: images per split and side length
+    synthetic_num_val: int = 100
+    synthetic_size: int = 128
     image_column: str = "image"  # parquet datasets only
     annotation_column: str = "annotation"  # parquet datasets only
     max_train_samples: int | None = None
@@ -69,6 +72,7 @@ class TrainConfig:
     logging_every: int = 10
     log_with: list[str] = field(default_factory=list)  # accelerate trackers, e.g. ["tensorboard"]
     resume_from: str | None = None  # a checkpoint folder, or "latest"
+    run_steps: int | None = None  # stop this invocation after this many steps (checkpointed); resume later
     push_to_hub: bool = False
     hub_model_id: str | None = None
     tta: bool = False  # multi-scale + flip evaluation (semantic)
@@ -164,4 +168,151 @@ def global_num_masks(class_labels: Iterable[Tensor], reduce_sum: Callable[[Tenso
     return reduce_sum(local) / world_size
 
 
-__all__ = ["TrainConfig", "create_optimizer_and_scheduler", "global_num_masks", "is_no_decay", "parameter_groups"]
+# --- data -----------------------------------------------------------------------------------------
+DATASETS = ("synthetic", "ade20k", "ade20k-parquet", "coco-panoptic", "semantic-folder", "panoptic-folder")
+
+
+def load_splits(config: TrainConfig):
+    """``(train, eval, metadata)`` for ``config.dataset`` (the synthetic one is generated on first use)."""
+    from . import data
+
+    if config.dataset not in DATASETS:
+        raise ValueError(f"TrainConfig.dataset must be one of {DATASETS}, got {config.dataset!r}")
+    if config.data_dir is None and config.dataset != "ade20k-parquet":
+        raise ValueError(f"TrainConfig.data_dir: dataset {config.dataset!r} needs its folder")
+    if config.dataset == "synthetic":
+        from .data.synthetic import write_synthetic_dataset
+
+        root = Path(config.data_dir) / "coco"
+        if not (root / "annotations" / "panoptic_val2017.json").exists():
+            write_synthetic_dataset(config.data_dir, config.synthetic_num_train, config.synthetic_num_val,
+                                    config.synthetic_size, seed=config.seed, layouts=("coco",))
+        splits = data.load_coco_panoptic(root)
+    elif config.dataset == "ade20k":
+        splits = data.load_ade20k(config.data_dir)
+    elif config.dataset == "ade20k-parquet":
+        splits = data.load_ade20k_parquet(config.data_dir, image_column=config.image_column,
+                                          annotation_column=config.annotation_column)
+    elif config.dataset == "coco-panoptic":
+        splits = data.load_coco_panoptic(config.data_dir)
+    elif config.dataset == "semantic-folder":
+        splits = data.load_semantic_folder(config.data_dir)
+    else:
+        splits = data.load_panoptic_folder(config.data_dir)
+    for split in (config.train_split, config.eval_split):
+        if split not in splits:
+            raise ValueError(f"dataset {config.dataset!r} at {config.data_dir}: no split {split!r} "
+                             f"(found {sorted(splits)})")
+    train, evaluation = splits[config.train_split], splits[config.eval_split]
+    if config.max_train_samples:
+        train = train.select(range(min(config.max_train_samples, len(train))))
+    if config.max_eval_samples:
+        evaluation = evaluation.select(range(min(config.max_eval_samples, len(evaluation))))
+    return train, evaluation, data.get_metadata(train)
+
+
+def train_transforms(config: TrainConfig):
+    """The augmentation pipeline named by ``config.augmentation`` (None for "none")."""
+    from .data.transforms import ade20k_train_transforms, coco_panoptic_train_transforms
+
+    if config.augmentation == "ade20k":
+        return ade20k_train_transforms(config.crop_size, (config.min_scale, config.max_scale))
+    if config.augmentation == "coco-panoptic":
+        return coco_panoptic_train_transforms()
+    if config.augmentation == "none":
+        return None
+    raise ValueError(f"TrainConfig.augmentation must be ade20k, coco-panoptic or none, got {config.augmentation!r}")
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """A ``datasets.Dataset`` seen through a transform whose randomness depends only on
+    ``(seed, epoch, index)``: the same example gets the same augmentation whichever worker loads it,
+    and a resumed run sees exactly the data of an uninterrupted one. Indexed by ``(epoch, index)``
+    pairs, as :class:`EpochBatchSampler` yields them."""
+
+    def __init__(self, dataset: Any, transform: Callable[[Any], dict], seed: int) -> None:
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict:
+        if not isinstance(key, tuple):  # a plain index (e.g. from Trainer's sampler): unseeded randomness
+            return self.transform(self.dataset[key])
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
+            return self.transform(self.dataset[index])
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """This process's batches of ``(epoch, index)`` pairs: a fresh permutation per epoch seeded by
+    ``(seed, epoch)``, global batches of ``batch_size * num_processes`` (the incomplete last one
+    dropped), process ``rank`` taking its slice of each. ``start`` skips batches (resuming)."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, rank: int = 0, num_processes: int = 1,
+                 shuffle: bool = True) -> None:
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.rank, self.num_processes, self.shuffle = rank, num_processes, shuffle
+        self.epoch, self.start = 0, 0
+        if len(self) == 0:
+            raise ValueError(f"{num_examples} training examples cannot fill one global batch of "
+                             f"{batch_size} x {num_processes} processes")
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.num_examples // (self.batch_size * self.num_processes)
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.num_examples)
+        step = self.batch_size * self.num_processes
+        for batch in range(self.start, len(self)):
+            first = batch * step + self.rank * self.batch_size
+            yield [(self.epoch, int(i)) for i in order[first:first + self.batch_size]]
+
+
+# --- model -----------------------------------------------------------------------------------------
+def build_model_and_processor(config: TrainConfig, metadata: Any):
+    """A MaskFormer for the dataset's classes: a preset (``config.model`` in ``PRESETS``) built fresh,
+    or a checkpoint fine-tuned (its classifier re-sized if the classes differ), and its processor."""
+    from . import PRESETS, MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
+
+    id2label = {int(k): v for k, v in metadata.id2label.items()}
+    labels = dict(num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    stuff = [i for i in id2label if i not in set(metadata.thing_ids)]
+    if config.model in PRESETS:
+        model_config = MaskFormerConfig.from_preset(
+            config.model, use_pretrained_backbone=config.pretrained_backbone, **{**labels, **config.model_overrides})
+        if metadata.thing_ids:
+            model_config.stuff_label_ids = stuff
+        model = MaskFormerForUniversalSegmentation(model_config)
+        resize = {"shortest_edge": config.eval_size, "longest_edge": 4 * config.eval_size} if config.eval_size else None
+        processor = MaskFormerImageProcessor(do_resize=resize is not None, size=resize, size_divisor=32,
+                                             ignore_index=metadata.ignore_index, num_labels=len(id2label))
+    else:
+        overrides = {**labels, **config.model_overrides}
+        if metadata.thing_ids:
+            overrides["stuff_label_ids"] = stuff
+        model = MaskFormerForUniversalSegmentation.from_pretrained(config.model, ignore_mismatched_sizes=True,
+                                                                   **overrides)
+        processor = MaskFormerImageProcessor.from_pretrained(config.model)
+    return model, processor
+
+
+__all__ = [
+    "AugmentedDataset",
+    "EpochBatchSampler",
+    "TrainConfig",
+    "build_model_and_processor",
+    "create_optimizer_and_scheduler",
+    "global_num_masks",
+    "is_no_decay",
+    "load_splits",
+    "parameter_groups",
+    "train_transforms",
+]

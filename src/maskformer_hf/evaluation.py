@@ -1,0 +1,115 @@
+"""Evaluate a model on a dataset of the shared schema: mean IoU (semantic) and panoptic quality.
+
+Used by the training loop, the ``Trainer`` route and ``maskformer-hf evaluate``. Each process of a
+distributed run takes every ``num_processes``-th image; the metric statistics (a confusion matrix,
+PQ's per-class counts) are summed across processes through the ``reduce_sum`` callable given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .data.transforms import SegmentationTransform
+from .metrics import MeanIoU, PanopticQuality, PanopticQualityStatistics
+
+logger = logging.getLogger(__name__)
+
+
+def _ground_truth(example: dict, semantic: SegmentationTransform, panoptic: SegmentationTransform | None) -> dict:
+    """The image, its semantic class map and (panoptic data) its segment map and segments."""
+    out = semantic(example)
+    truth = {"image": out["image"], "semantic": out["label_map"]}
+    if panoptic is not None:
+        out = panoptic(example)
+        truth.update(segments=out["label_map"], segments_info=out["segments_info"])
+    return truth
+
+
+@torch.no_grad()
+def evaluate_segmentation(
+    model: Any,
+    image_processor: Any,
+    dataset: Any,
+    metadata: Any,
+    batch_size: int = 4,
+    threshold: float = 0.8,
+    overlap_mask_area_threshold: float = 0.8,
+    tta: bool = False,
+    rank: int = 0,
+    num_processes: int = 1,
+    reduce_sum: Callable[[Tensor], Tensor] | None = None,
+    progress: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """mIoU (and, for panoptic data, PQ / SQ / RQ for all, things and stuff) of ``model`` on ``dataset``.
+
+    Args:
+        model: a :class:`~maskformer_hf.MaskFormerForUniversalSegmentation` (any device).
+        image_processor: its :class:`~maskformer_hf.MaskFormerImageProcessor` (resize / normalise / pad
+            and post-processing).
+        dataset: a ``datasets.Dataset`` of the shared schema (see :mod:`maskformer_hf.data`).
+        metadata: its :class:`~maskformer_hf.data.SegmentationMetadata`.
+        threshold, overlap_mask_area_threshold: of the panoptic post-processing (paper: 0.8 COCO).
+        tta: semantic maps with multi-scale + flip test-time augmentation (SPEC §4).
+        rank, num_processes, reduce_sum: data-parallel evaluation; ``reduce_sum`` sums a tensor over
+            processes (e.g. ``lambda t: accelerator.reduce(t, "sum")``).
+        autocast_dtype: run the model under CPU/GPU autocast with this dtype.
+
+    Returns:
+        ``mean_iou``, ``mean_accuracy``, ``overall_accuracy``, ``per_category_iou`` ... and, for
+        panoptic data, ``pq``, ``sq``, ``rq``, ``pq_things``, ``pq_stuff`` ... (see :mod:`maskformer_hf.metrics`).
+    """
+    from .inference import semantic_inference_tta
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    is_panoptic = metadata.task == "panoptic"
+    semantic = SegmentationTransform(metadata, to_semantic=is_panoptic)
+    panoptic = SegmentationTransform(metadata) if is_panoptic else None
+    num_labels = len(metadata.id2label)
+    miou = MeanIoU(num_labels, ignore_index=metadata.ignore_index)
+    pq = PanopticQuality(num_labels, metadata.thing_ids) if is_panoptic else None
+    stuff = [i for i in range(num_labels) if i not in set(metadata.thing_ids)]
+    indices = list(range(rank, len(dataset), num_processes))
+    bar = tqdm(total=len(indices), desc="evaluating", disable=not progress, leave=False)
+    for start in range(0, len(indices), batch_size):
+        truths = [_ground_truth(dataset[i], semantic, panoptic) for i in indices[start:start + batch_size]]
+        images = [t["image"] for t in truths]
+        sizes = [tuple(image.shape[-2:]) for image in images]
+        inputs = image_processor(images=images, return_tensors="pt").to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            if tta:
+                maps = semantic_inference_tta(model, inputs["pixel_values"], inputs["pixel_mask"], target_sizes=sizes)
+            if not tta or pq is not None:
+                outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+        if not tta:
+            maps = image_processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
+        miou.update([m.cpu() for m in maps], [t["semantic"] for t in truths])
+        if pq is not None:
+            results = image_processor.post_process_panoptic_segmentation(
+                outputs, threshold=threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
+                label_ids_to_fuse=stuff, target_sizes=sizes)
+            pq.update([r["segmentation"].cpu() for r in results], [r["segments_info"] for r in results],
+                      [t["segments"] for t in truths], [t["segments_info"] for t in truths])
+        bar.update(len(truths))
+    bar.close()
+    model.train(was_training)
+    if reduce_sum is not None and num_processes > 1:
+        miou.confusion = reduce_sum(miou.confusion.to(device)).cpu()
+        if pq is not None:
+            total = reduce_sum(pq.statistics.to_tensor().to(device)).cpu()
+            pq.statistics = PanopticQualityStatistics.from_tensor(total)
+    results = miou.compute()
+    if pq is not None:
+        results.update(pq.compute())
+    return results
+
+
+__all__ = ["evaluate_segmentation"]

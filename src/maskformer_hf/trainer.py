@@ -1,0 +1,140 @@
+"""The ``transformers.Trainer`` route: the same recipe, data and model as the accelerate loop, with
+the pieces Trainer needs — the collator, the label names (``mask_labels``, ``class_labels``, found
+by Trainer itself from ``forward``'s signature), and a batched ``compute_metrics`` (mIoU, PQ) that
+never holds more than one batch of mask logits.
+
+    maskformer-hf train --config my_recipe.yaml --engine trainer
+    python scripts/train_trainer.py --config demo
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .inference import panoptic_inference, semantic_inference
+from .metrics import MeanIoU, PanopticQuality
+from .training import (AugmentedDataset, TrainConfig, build_model_and_processor, create_optimizer_and_scheduler,
+                       load_splits, train_transforms)
+
+logger = logging.getLogger(__name__)
+
+
+def _masks_to_maps(masks: Tensor, classes: Tensor, ignore_index: int) -> tuple[Tensor, Tensor, list[dict]]:
+    """Ground truth from ``mask_labels`` `(N, H, W)` and ``class_labels`` `(N,)`: a semantic map
+    (uncovered pixels = ``ignore_index``), a segment map (ids 1..N, 0 = void) and its segments."""
+    height, width = masks.shape[-2:]
+    covered = masks.sum(0) > 0
+    index = masks.float().argmax(0) if masks.shape[0] else torch.zeros(height, width, dtype=torch.long)
+    semantic = torch.where(covered, classes[index] if masks.shape[0] else index, torch.full_like(index, ignore_index))
+    segments = torch.where(covered, index + 1, torch.zeros_like(index))
+    info = [{"id": i + 1, "label_id": int(c), "iscrowd": False} for i, c in enumerate(classes.tolist())]
+    return semantic, segments, info
+
+
+class SegmentationMetrics:
+    """``compute_metrics`` for ``Trainer(..., args=TrainingArguments(batch_eval_metrics=True))``:
+    called once per evaluation batch, it accumulates a confusion matrix (and PQ statistics for
+    panoptic data) and returns the metrics when Trainer passes ``compute_result=True``.
+
+    Predictions are ``(class_queries_logits, masks_queries_logits, pixel_mask?)``, labels are
+    ``(mask_labels, class_labels)`` as the collator built them (padding belongs to no mask, so it is
+    ignored).
+    """
+
+    def __init__(self, num_labels: int, ignore_index: int = 255, thing_ids: tuple[int, ...] | None = None,
+                 threshold: float = 0.8, overlap_mask_area_threshold: float = 0.8) -> None:
+        self.num_labels, self.ignore_index = num_labels, ignore_index
+        self.threshold, self.overlap = threshold, overlap_mask_area_threshold
+        self.stuff = [i for i in range(num_labels) if i not in set(thing_ids or ())]
+        self.miou = MeanIoU(num_labels, ignore_index=ignore_index)
+        self.pq = PanopticQuality(num_labels, thing_ids) if thing_ids is not None else None
+
+    def __call__(self, eval_prediction: Any, compute_result: bool = True) -> dict[str, Any]:
+        predictions = eval_prediction.predictions
+        class_logits, mask_logits = predictions[0], predictions[1]
+        pixel_mask = predictions[2] if len(predictions) > 2 else None
+        mask_labels, class_labels = eval_prediction.label_ids
+        truths, sizes = [], []
+        for b, (masks, classes) in enumerate(zip(mask_labels, class_labels)):
+            if pixel_mask is not None:  # compare on the image, not its padding
+                rows, cols = pixel_mask[b].nonzero().amax(0).tolist() if pixel_mask[b].any() else (-1, -1)
+                masks = masks[:, : rows + 1, : cols + 1]
+            truths.append(_masks_to_maps(masks.cpu(), classes.cpu(), self.ignore_index))
+            sizes.append(tuple(masks.shape[-2:]))
+        semantic = semantic_inference(class_logits, mask_logits, pixel_mask, target_sizes=sizes)
+        self.miou.update([m.cpu() for m in semantic], [t[0] for t in truths])
+        if self.pq is not None:
+            predicted = panoptic_inference(class_logits, mask_logits, pixel_mask, target_sizes=sizes,
+                                           threshold=self.threshold, overlap_mask_area_threshold=self.overlap,
+                                           label_ids_to_fuse=self.stuff)
+            self.pq.update([p["segmentation"].cpu() for p in predicted], [p["segments_info"] for p in predicted],
+                           [t[1] for t in truths], [t[2] for t in truths])
+        if not compute_result:
+            return {}
+        results = {k: v for k, v in self.miou.compute().items() if isinstance(v, float)}
+        self.miou.reset()
+        if self.pq is not None:
+            results.update({k: v for k, v in self.pq.compute().items() if isinstance(v, float)})
+            self.pq.reset()
+        return results
+
+
+def train_with_trainer(config: TrainConfig, datasets: tuple | None = None) -> dict[str, Any]:
+    """Train and evaluate with ``transformers.Trainer``; returns the final evaluation metrics."""
+    from transformers import Trainer, TrainingArguments
+
+    from .data.collate import MaskFormerCollator
+    from .data.transforms import SegmentationTransform
+    from .precision import cpu_supports_bf16
+
+    train_set, eval_set, metadata = datasets if datasets is not None else load_splits(config)
+    model, processor = build_model_and_processor(config, metadata)
+    train_data = AugmentedDataset(train_set, SegmentationTransform(metadata, train_transforms(config), drop_crowd=True),
+                                  config.seed)
+    eval_data = AugmentedDataset(eval_set, SegmentationTransform(metadata, drop_crowd=True), config.seed)
+    bf16 = config.mixed_precision == "bf16" and (torch.cuda.is_available() or cpu_supports_bf16())
+    args = TrainingArguments(
+        output_dir=config.output_dir,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_batch_size,
+        per_device_eval_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        max_grad_norm=config.max_grad_norm or 0.0,
+        bf16=bf16,
+        fp16=config.mixed_precision == "fp16",
+        seed=config.seed,
+        dataloader_num_workers=config.num_workers,
+        remove_unused_columns=False,  # the collator needs the raw example
+        batch_eval_metrics=True,
+        eval_strategy="steps" if config.eval_every else "no",
+        eval_steps=config.eval_every or None,
+        save_strategy="steps" if config.save_every else "no",
+        save_steps=config.save_every or None,
+        logging_steps=config.logging_every,
+        report_to=config.log_with or "none",
+        push_to_hub=config.push_to_hub,
+        hub_model_id=config.hub_model_id,
+    )
+    optimizer, scheduler = create_optimizer_and_scheduler(model, config)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
+        data_collator=MaskFormerCollator(processor, metadata.ignore_index),
+        compute_metrics=SegmentationMetrics(len(metadata.id2label), metadata.ignore_index,
+                                            metadata.thing_ids if metadata.task == "panoptic" else None),
+        optimizers=(optimizer, scheduler),
+    )
+    trainer.train(resume_from_checkpoint=config.resume_from)
+    metrics = trainer.evaluate()
+    trainer.save_model(f"{config.output_dir}/model")
+    processor.save_pretrained(f"{config.output_dir}/model")
+    return metrics
+
+
+__all__ = ["SegmentationMetrics", "train_with_trainer"]
