@@ -279,10 +279,15 @@ miou.add_batch(predictions=preds[:1], references=refs[:1])
 out = miou.compute(predictions=preds[1:], references=refs[1:], num_labels=3, ignore_index=255)
 gt = np.array([[300, 300, 70000], [300, 0, 70000]])
 pq = evaluate.load(m.PANOPTIC_QUALITY)
-res = pq.compute(predictions=[gt], references=[gt], predicted_segments_info=[[{"id": 300, "label_id": 0},
-                 {"id": 70000, "label_id": 1}]], reference_segments_info=[[{"id": 300, "label_id": 0, "iscrowd": False},
-                 {"id": 70000, "label_id": 1, "iscrowd": False}]], num_labels=2, thing_ids=[0])
-print(json.dumps({"miou": out["mean_iou"], "plain": m.mean_iou(preds, refs, 3)["mean_iou"], "pq": res["pq"]}))
+pq.add(prediction=gt, reference=gt, predicted_segments_info={300: 0, 70000: 1},
+       reference_segments_info=[{"id": 300, "label_id": 0}, {"id": 70000, "label_id": 1}])
+res = pq.compute(predictions=[gt], references=[gt], predicted_segments_info=[[  # post-processing output format
+                 {"id": 300, "label_id": 0, "score": 0.9, "was_fused": False},
+                 {"id": 70000, "label_id": 1, "score": 0.8, "was_fused": True}]], reference_segments_info=[[
+                 {"id": 300, "label_id": 0, "iscrowd": False}, {"id": 70000, "label_id": 1, "iscrowd": False}]],
+                 num_labels=2, thing_ids=[0])
+print(json.dumps({"miou": out["mean_iou"], "plain": m.mean_iou(preds, refs, 3)["mean_iou"], "pq": res["pq"],
+                  "n": res["n"]}))
 """
 
 
@@ -295,7 +300,7 @@ def test_evaluate_modules_load_offline(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     values = json.loads(result.stdout.strip().splitlines()[-1])
     assert values["miou"] == pytest.approx(values["plain"]) and 0 < values["miou"] < 1
-    assert values["pq"] == 1.0
+    assert values["pq"] == 1.0 and values["n"] == 2
 
 
 def test_readme_metrics_example_runs(monkeypatch):
