@@ -79,3 +79,13 @@ def test_trainer_route_and_evaluate_command(tmp_path):
               config.data_dir, "--output", str(report)])
     result = json.loads(report.read_text())
     assert result["images"] == 4 and 0 <= result["mean_iou"] <= 1 and 0 <= result["pq"] <= 1
+
+
+def test_bench_data_runs(tmp_path):
+    out = tmp_path / "data.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_data.py"), "--size", "80", "--crop", "64",
+                           "--train-steps", "1", "--batches", "2", "--images", "8", "--output", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["loader_images_per_s"] > 0 and result["train_images_per_s"] > 0 and "loader / model" in done.stdout
