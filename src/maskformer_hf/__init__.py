@@ -11,6 +11,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageSegmentation,
     AutoModelForUniversalSegmentation,
+    AutoVideoProcessor,
 )
 
 from .configuration_maskformer import PRESETS, MaskFormerConfig
@@ -47,7 +48,16 @@ __all__ = [
 
 
 def register_auto_classes() -> None:
-    """Register our classes with transformers' Auto classes (idempotent; done at import)."""
+    """Register our classes with transformers' Auto classes (idempotent; done at import).
+
+    Saved checkpoints also carry the code (``auto_map`` in config.json and preprocessor_config.json,
+    the module files beside them), so ``trust_remote_code=True`` loads them where this package is
+    not installed.
+    """
+    MaskFormerConfig.register_for_auto_class("AutoConfig")
+    MaskFormerModel.register_for_auto_class("AutoModel")
+    MaskFormerForUniversalSegmentation.register_for_auto_class("AutoModelForImageSegmentation")
+    MaskFormerImageProcessor.register_for_auto_class("AutoImageProcessor")
     AutoConfig.register(MaskFormerConfig.model_type, MaskFormerConfig, exist_ok=True)
     AutoModel.register(MaskFormerConfig, MaskFormerModel, exist_ok=True)
     for auto_class in (AutoModelForUniversalSegmentation, AutoModelForImageSegmentation):
@@ -57,6 +67,8 @@ def register_auto_classes() -> None:
         image_processor_classes={"torchvision": MaskFormerImageProcessor, "pil": MaskFormerImageProcessor},
         exist_ok=True,
     )
+    # No video processor: said explicitly, so that pipelines do not ask whether to run the saved code for one.
+    AutoVideoProcessor.register(MaskFormerConfig, video_processor_classes={}, exist_ok=True)
 
 
 register_auto_classes()
