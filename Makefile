@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench bench-train clean
+.PHONY: install test demo bench bench-train bench-data clean
 
 install: $(STAMP)
 
@@ -17,6 +17,12 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Generate the synthetic dataset, train a small MaskFormer with scripts/train.py, evaluate it (mIoU, PQ),
+# run pipeline("image-segmentation") on held-out images; everything lands in demo_output/.
+demo: $(STAMP)
+	$(PY) scripts/train.py --config demo
+	$(PY) scripts/demo_report.py --run demo_output
+
 # Speed figures of the README (run on an idle machine; prints ours vs transformers in one run).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_forward.py
@@ -24,5 +30,8 @@ bench: $(STAMP)
 bench-train: $(STAMP)
 	$(PY) benchmarks/bench_train_step.py
 
+bench-data: $(STAMP)
+	$(PY) benchmarks/bench_data.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) demo_output build *.egg-info src/*.egg-info .pytest_cache

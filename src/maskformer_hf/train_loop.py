@@ -115,10 +115,12 @@ def train(config: TrainConfig, datasets: tuple | None = None) -> dict[str, Any]:
         step = json.loads((Path(resume) / "trainer_state.json").read_text())["step"]
         logger.info("resumed from %s at step %d", resume, step)
 
+    log_path = output_dir / "log.jsonl"
+    if not resume and accelerator.is_main_process and log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log
     accumulation = config.gradient_accumulation_steps
     batches_per_epoch = len(sampler)
     reduce_sum = lambda t: accelerator.reduce(t, reduction="sum")  # noqa: E731
-    log_path = output_dir / "log.jsonl"
     bar = tqdm(total=config.max_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
     model.train()
     running, started = [], time.perf_counter()
