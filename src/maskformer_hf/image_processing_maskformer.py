@@ -72,7 +72,7 @@ def segmentation_map_to_masks(
     if do_reduce_labels and ignore_index is None:
         raise ValueError("do_reduce_labels=True needs an ignore_index for the former 0 pixels (e.g. 255)")
     height, width = segmentation_map.shape
-    ids, inverse = _unique_ids(segmentation_map.reshape(-1).long())  # (U,), (H*W,)
+    ids, lut, key = _unique_ids(segmentation_map.reshape(-1))  # (U,); pixel -> id index is lut[key]
     if instance_id_to_semantic_id is None:
         classes = ids - 1 if do_reduce_labels else ids.clone()
         keep = ids != 0 if do_reduce_labels else torch.ones_like(ids, dtype=torch.bool)
@@ -102,7 +102,7 @@ def segmentation_map_to_masks(
     num = int(keep.sum())
     row = torch.full_like(ids, num)  # segment id -> mask row; dropped ids -> a spare row
     row[keep] = torch.arange(num, device=ids.device)
-    rows = row[inverse]  # (H*W,)
+    rows = row[key] if lut is None else row[lut][key]  # (H*W,) mask row of every pixel
     out_h, out_w = padded_size or (height, width)
     if (out_h, out_w) != (height, width):
         if out_h < height or out_w < width:
@@ -116,18 +116,20 @@ def segmentation_map_to_masks(
     return masks[:num].view(num, out_h, out_w), classes
 
 
-def _unique_ids(flat: Tensor) -> tuple[Tensor, Tensor]:
-    """Sorted distinct values of `flat` `(P,)` and each element's index among them: by counting
+def _unique_ids(flat: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Sorted distinct values `ids` `(U,)` of `flat` `(P,)`, and `(lut, key)` such that each
+    element's index in `ids` is ``lut[key]`` (``key`` itself when ``lut`` is None): by counting
     when the id range is small, else by sorting."""
-    low, high = flat.aminmax()
-    span = int(high) - int(low) + 1
+    low, high = (int(v) for v in flat.aminmax())
+    span = high - low + 1
     if span <= max(1 << 16, flat.numel()):
-        shifted = flat - low
-        present = torch.bincount(shifted, minlength=span).nonzero()[:, 0]
-        lut = torch.empty(span, dtype=torch.int64, device=flat.device)
+        key = flat.long() - low if low else flat.long()
+        present = torch.bincount(key, minlength=span).nonzero()[:, 0]
+        lut = torch.zeros(span, dtype=torch.int64, device=flat.device)  # absent ids: never looked up
         lut[present] = torch.arange(len(present), device=flat.device)
-        return present + low, lut[shifted]
-    return torch.unique(flat, sorted=True, return_inverse=True)
+        return present + low, lut, key
+    ids, inverse = torch.unique(flat.long(), sorted=True, return_inverse=True)
+    return ids, None, inverse
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +215,22 @@ def _as_list(items: Any, batch_ndim: int, count: int | None = None) -> list:
                                          and items.shape[0] == count)):
         return list(items)
     return [items]
+
+
+def _resize_label_maps(maps: list[Tensor], members: list[int], size: tuple[int, int]) -> None:
+    """Nearest-exact resizing of `maps[i]` `(H, W)` for `i` in `members` (all of one size), in place
+    in the list: uint8 maps in one batched kernel call, wider ids by exact index gathering."""
+    if all(maps[i].dtype == torch.uint8 for i in members):
+        stacked = torch.stack([maps[i] for i in members])[:, None]
+        resized = F.interpolate(stacked, size=size, mode="nearest-exact")[:, 0]
+        for j, i in enumerate(members):
+            maps[i] = resized[j]
+        return
+    height, width = maps[members[0]].shape
+    rows = _nearest_indices(height, size[0], maps[members[0]].device)
+    cols = _nearest_indices(width, size[1], maps[members[0]].device)
+    for i in members:
+        maps[i] = maps[i][rows[:, None], cols[None, :]]
 
 
 def _nearest_indices(size: int, new_size: int, device: torch.device) -> Tensor:
@@ -361,10 +379,7 @@ class MaskFormerImageProcessor(BaseImageProcessor):
                 for j, i in enumerate(members):
                     image_list[i] = resized[j]
                 if map_list is not None:
-                    rows = _nearest_indices(height, new_size[0], stacked.device)
-                    cols = _nearest_indices(width, new_size[1], stacked.device)
-                    for i in members:
-                        map_list[i] = map_list[i].index_select(0, rows).index_select(1, cols)
+                    _resize_label_maps(map_list, members, new_size)
 
         # Rescale + normalise (one fused affine map per channel), pad.
         scale = s["rescale_factor"] if s["do_rescale"] else 1.0
@@ -375,11 +390,15 @@ class MaskFormerImageProcessor(BaseImageProcessor):
         if not s["do_pad"] and (len(set(heights)) > 1 or len(set(widths)) > 1):
             raise ValueError(f"images differ in size after resizing ({sorted(set(zip(heights, widths)))}); "
                              "set do_pad=True or resize to a fixed size")
-        pixel_values = torch.zeros((len(image_list), 3, *padded), dtype=torch.float32)
-        pixel_mask = torch.zeros((len(image_list), *padded), dtype=torch.int64)
+        pixel_values = torch.empty((len(image_list), 3, *padded), dtype=torch.float32)
+        pixel_mask = torch.empty((len(image_list), *padded), dtype=torch.int64)
+        scale_c, shift_c = (1.0 / std).view(3, 1, 1), (-mean / std).view(3, 1, 1)
         for i, image in enumerate(image_list):
             h, w = image.shape[-2:]
-            torch.div(image.float() - mean.view(3, 1, 1), std.view(3, 1, 1), out=pixel_values[i, :, :h, :w])
+            torch.addcmul(shift_c, image, scale_c, out=pixel_values[i, :, :h, :w])  # (x - mean) / std, one pass
+            pixel_values[i, :, h:] = 0
+            pixel_values[i, :, :h, w:] = 0
+            pixel_mask[i] = 0
             pixel_mask[i, :h, :w] = 1
         data = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
         encoded = BatchFeature(data=data, tensor_type=None)

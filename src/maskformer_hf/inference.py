@@ -127,26 +127,21 @@ class CellMaps:
     def __init__(self, values: Tensor) -> None:
         v = values.permute(1, 2, 0).contiguous()  # (n, m, C); free when `values` is a channels-last view
         self.values = v
-        high_rows = torch.cat([torch.maximum(v[:-1], v[1:]), v[-1:]], 0)
-        low_rows = torch.cat([torch.minimum(v[:-1], v[1:]), v[-1:]], 0)
-        self.high = torch.cat([torch.maximum(high_rows[:, :-1], high_rows[:, 1:]), high_rows[:, -1:]], 1)
-        self.low = torch.cat([torch.minimum(low_rows[:, :-1], low_rows[:, 1:]), low_rows[:, -1:]], 1)
+        self.high, self.low = self._bound(v, torch.maximum), self._bound(v, torch.minimum)
+
+    @staticmethod
+    def _bound(v: Tensor, pick: Any) -> Tensor:
+        rows = torch.empty_like(v)  # pairs of rows, then pairs of columns; the last row/column stays itself
+        pick(v[:-1], v[1:], out=rows[:-1])
+        rows[-1] = v[-1]
+        out = torch.empty_like(v)
+        pick(rows[:, :-1], rows[:, 1:], out=out[:, :-1])
+        out[:, -1] = rows[:, -1]
+        return out
 
     @property
     def num_channels(self) -> int:
         return self.values.shape[-1]
-
-
-def sample(values: Tensor, channels: Tensor, rows: Tensor, cols: Tensor, res: Resampling) -> Tensor:
-    """Bilinear values of channels-last `values` `(n, m, C)` at target pixels `(rows, cols)` `(P,)`,
-    for `channels` `(P, k)` -> `(P, k)`."""
-    m, num = values.shape[1:]
-    flat = values.reshape(-1)
-    y0, y1, wy = res.y0[rows], res.y1[rows], res.wy[rows, None]
-    x0, x1, wx = res.x0[cols], res.x1[cols], res.wx[cols, None]
-    top = flat[((y0 * m + x0) * num)[:, None] + channels] * (1 - wx) + flat[((y0 * m + x1) * num)[:, None] + channels] * wx
-    bottom = flat[((y1 * m + x0) * num)[:, None] + channels] * (1 - wx) + flat[((y1 * m + x1) * num)[:, None] + channels] * wx
-    return top * (1 - wy) + bottom * wy
 
 
 def resample_dense(values: Tensor, res: Resampling) -> Tensor:
@@ -156,20 +151,57 @@ def resample_dense(values: Tensor, res: Resampling) -> Tensor:
     return rows[:, :, res.x0] * (1 - wx) + rows[:, :, res.x1] * wx
 
 
-def _cell_pixels(res: Resampling, cell_rows: Tensor, cell_cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Target pixels of cells `(A,)` -> `(rows, cols, cell index)`, each `(P,)`."""
-    if cell_rows.numel() == 0:
-        empty = cell_rows.new_zeros(0)
-        return empty, empty, empty
-    rs, rc = res.row_start[cell_rows], res.row_count[cell_rows]
-    cs, cc = res.col_start[cell_cols], res.col_count[cell_cols]
-    dr = torch.arange(int(rc.max()), device=rs.device)[None, :, None]
-    dc = torch.arange(int(cc.max()), device=rs.device)[None, None, :]
-    valid = (dr < rc[:, None, None]) & (dc < cc[:, None, None])  # (A, R, C)
-    rows = (rs[:, None, None] + dr).expand(valid.shape)[valid]
-    cols = (cs[:, None, None] + dc).expand(valid.shape)[valid]
-    cells = torch.arange(len(rs), device=rs.device)[:, None, None].expand(valid.shape)[valid]
-    return rows, cols, cells
+@dataclass
+class CellGrid:
+    """The target pixels of `A` cells as a padded `(A, R, W)` grid: ``rows`` `(A, R)` / ``cols``
+    `(A, W)` target indices, ``valid`` `(A, R, W)`, and the bilinear weights ``wy`` `(A, R)`, ``wx`` `(A, W)`."""
+
+    cells: Tensor
+    rows: Tensor
+    cols: Tensor
+    valid: Tensor
+    wy: Tensor
+    wx: Tensor
+
+    @classmethod
+    def of(cls, res: Resampling, cells: Tensor) -> "CellGrid":
+        a, b = cells[:, 0], cells[:, 1]
+        rc, cc = res.row_count[a], res.col_count[b]
+        dr = torch.arange(int(rc.max()) if len(a) else 0, device=a.device)
+        dc = torch.arange(int(cc.max()) if len(a) else 0, device=a.device)
+        row_ok, col_ok = dr < rc[:, None], dc < cc[:, None]
+        rows = (res.row_start[a, None] + dr).clamp(max=len(res.y0) - 1)
+        cols = (res.col_start[b, None] + dc).clamp(max=len(res.x0) - 1)
+        return cls(cells, rows, cols, row_ok[:, :, None] & col_ok[:, None, :], res.wy[rows], res.wx[cols])
+
+    def sample(self, values: Tensor, channels: Tensor) -> Tensor:
+        """Bilinear values of channels-last `values` `(n, m, C)` at the grid, for each cell's
+        `channels` `(A, k)` -> `(A, R, W, k)`. Same arithmetic as :func:`resample_dense` (rows
+        first, then columns), hence identical values."""
+        n, m = values.shape[:2]
+        a, b = self.cells[:, 0], self.cells[:, 1]
+        a1, b1 = (a + 1).clamp(max=n - 1), (b + 1).clamp(max=m - 1)
+        c00, c10, c01, c11 = (values[y, x].gather(1, channels)[:, None, :] for y, x in ((a, b), (a1, b), (a, b1), (a1, b1)))
+        wy = self.wy[:, :, None]  # (A, R, 1)
+        left = (c00 * (1 - wy) + c10 * wy)[:, :, None]  # (A, R, 1, k)
+        right = (c01 * (1 - wy) + c11 * wy)[:, :, None]
+        wx = self.wx[:, None, :, None]  # (A, 1, W, 1)
+        return left * (1 - wx) + right * wx
+
+    def pixels(self) -> tuple[Tensor, Tensor, Tensor]:
+        """`(cell, rows, cols)` of the valid grid entries, each `(P,)`, in grid order."""
+        cell, r, c = self.valid.nonzero().unbind(1)
+        return cell, self.rows[cell, r], self.cols[cell, c]
+
+
+def _by_size(res: Resampling, cells: Tensor) -> list[Tensor]:
+    """`cells` `(A, 2)` split into those of the usual size and the larger edge cells (which
+    collect the clamped border rows/columns), so that padded grids stay tight."""
+    if len(cells) == 0:
+        return []
+    rc, cc = res.row_count[cells[:, 0]], res.col_count[cells[:, 1]]
+    usual = (rc <= -(-len(res.y0) // len(res.row_count))) & (cc <= -(-len(res.x0) // len(res.col_count)))
+    return [part for part in (cells[usual], cells[~usual]) if len(part)]
 
 
 def _pixels_per_cell(res: Resampling) -> Tensor:
@@ -227,7 +259,7 @@ def resampled_argmax(maps: CellMaps, res: Resampling, weights: Tensor | None = N
     high, low = maps.high, maps.low  # (n, m, C)
     if weights is not None:
         high, low = high * weights, low * weights
-    margin = 1e-6 * max(1.0, float(high.abs().max()))
+    margin = 1e-6 * max(1.0, float(high.max()), -float(low.min()))
     if on_threshold is None:
         best_lower, best = low.max(-1)  # (n, m)
         candidate = high >= (best_lower - margin)[..., None]
@@ -243,42 +275,80 @@ def resampled_argmax(maps: CellMaps, res: Resampling, weights: Tensor | None = N
         settled = (ncand == 0) | ((ncand == 1) & (best_lower >= 0))  # nobody, or one that is surely on
         cell_label = torch.where(ncand == 0, torch.full_like(best, -1), best)
     settled |= _pixels_per_cell(res) == 0
-    cells = (~settled).nonzero()
-    rows, cols, cell_index = _cell_pixels(res, cells[:, 0], cells[:, 1])
-    if rows.numel() == 0:
-        return Assignment(cell_label, settled, rows, cols, rows.clone())
-    # Candidates of each unsettled cell: the k = max(#candidates) highest upper bounds, in channel order.
+    # Unsettled cells, evaluated pixel by pixel for their candidates only: most have two, so those
+    # are done apart from the few with more (k = the group's largest count, padded with -inf).
+    parts = []
+    for group in (~settled & (ncand <= 2), ~settled & (ncand > 2)):
+        for cells in _by_size(res, group.nonzero()):
+            parts.append(_evaluate_cells(maps, res, cells, candidate, high, ncand, weights, on_threshold))
+    if not parts:
+        empty = cell_label.new_zeros(0)
+        return Assignment(cell_label, settled, empty, empty, empty)
+    rows, cols, label = (torch.cat(t) for t in zip(*parts))
+    return Assignment(cell_label, settled, rows, cols, label)
+
+
+def _evaluate_cells(maps: CellMaps, res: Resampling, cells: Tensor, candidate: Tensor, high: Tensor, ncand: Tensor,
+                    weights: Tensor | None, on_threshold: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact winners at the pixels of `cells` `(A, 2)`: `(rows, cols, label)`, each `(P,)`."""
+    grid = CellGrid.of(res, cells)
     k = int(ncand[cells[:, 0], cells[:, 1]].max())
     cell_candidate = candidate[cells[:, 0], cells[:, 1]]  # (A, C)
     bound = high[cells[:, 0], cells[:, 1]].masked_fill(~cell_candidate, -math.inf)
     channels = bound.topk(k, dim=1).indices.sort(dim=1).values  # (A, k): ascending = argmax's tie order
-    ok = cell_candidate.gather(1, channels)
-    channels, ok = channels[cell_index], ok[cell_index]  # (P, k)
-    v = sample(maps.values, channels, rows, cols, res)
-    score = v if weights is None else v * weights[channels]
+    ok = cell_candidate.gather(1, channels)[:, None, None, :]
+    v = grid.sample(maps.values, channels)  # (A, R, W, k)
+    score = v if weights is None else v * weights[channels][:, None, None, :]
     if on_threshold is not None:
         score = torch.where(v > on_threshold, score, torch.full_like(score, -1.0))
-    best_score, pick = score.masked_fill(~ok, -math.inf).max(1)
-    label = channels.gather(1, pick[:, None])[:, 0]
+    best_score, pick = score.masked_fill(~ok, -math.inf).max(-1)  # (A, R, W)
+    label = channels.gather(1, pick.flatten(1)).view(pick.shape)
     if on_threshold is not None:
         label = torch.where(best_score < 0, torch.full_like(label, -1), label)
-    return Assignment(cell_label, settled, rows, cols, label)
+    cell, rows, cols = grid.pixels()
+    return rows, cols, label[grid.valid]
 
 
-def resampled_count(maps: CellMaps, res: Resampling, threshold: float, strict: bool = False) -> Tensor:
-    """Target pixels where each resampled map is `>= threshold` (`>` if `strict`): `(C,)` int64."""
-    npix = _pixels_per_cell(res)[..., None]
+def resampled_count(maps: CellMaps, res: Resampling, threshold: float, strict: bool = False,
+                    channels: Tensor | None = None) -> Tensor:
+    """Target pixels where each resampled map is `>= threshold` (`>` if `strict`): `(C,)` int64.
+    With `channels` `(C,)` bool, only those are counted exactly (the others get their lower bound)."""
+    lower, straddle = _count_bounds(maps, res, threshold)
+    if channels is not None:
+        straddle = straddle & channels
+    for pairs in _by_size(res, straddle.nonzero()):  # (S, 3): row, col, channel
+        grid = CellGrid.of(res, pairs[:, :2])
+        v = grid.sample(maps.values, pairs[:, 2:])[..., 0]  # (S, R, W)
+        hits = ((v > threshold) if strict else (v >= threshold)) & grid.valid
+        lower = lower.index_add(0, pairs[:, 2], hits.sum((1, 2)))
+    return lower
+
+
+def _count_bounds(maps: CellMaps, res: Resampling, threshold: float) -> tuple[Tensor, Tensor]:
+    """Pixels surely above `threshold` per channel `(C,)`, and the cells that straddle it `(n, m, C)`."""
+    npix = _pixels_per_cell(res)
     above = maps.low > threshold + 1e-6
-    straddle = ~above & (maps.high >= threshold - 1e-6) & (npix > 0)
-    counts = (above * npix).sum((0, 1))
-    pairs = straddle.nonzero()  # (S, 3): row, col, channel
-    rows, cols, index = _cell_pixels(res, pairs[:, 0], pairs[:, 1])
-    if rows.numel():
-        channel = pairs[index, 2]
-        v = sample(maps.values, channel[:, None], rows, cols, res)[:, 0]
-        hit = v > threshold if strict else v >= threshold
-        counts += torch.bincount(channel[hit], minlength=maps.num_channels)
-    return counts
+    straddle = ~above & (maps.high >= threshold - 1e-6) & (npix > 0)[..., None]
+    flat_npix = npix.view(1, -1).double()
+    lower = (flat_npix @ above.view(-1, maps.num_channels).double()).round().long()[0]
+    return lower, straddle
+
+
+def keep_by_overlap(maps: CellMaps, res: Resampling, areas: Tensor, threshold: float, overlap: float,
+                    strict: bool = False) -> Tensor:
+    """Channels whose own mask (resampled map `>= threshold`, `>` if `strict`) is non-empty and
+    whose won `areas` `(C,)` are at least `overlap` of it: `(C,)` bool. Own masks are counted exactly
+    only for channels that the per-cell bounds on their size leave undecided."""
+    lower, straddle = _count_bounds(maps, res, threshold)
+    npix = _pixels_per_cell(res).view(1, -1).double()
+    upper = lower + (npix @ straddle.view(-1, maps.num_channels).double()).round().long()[0]
+    surely = (lower > 0) & (areas / upper.clamp(min=1) >= overlap)  # own <= upper
+    surely_not = (upper == 0) | ((lower > 0) & (areas / lower.clamp(min=1) < overlap))  # own >= lower
+    undecided = ~surely & ~surely_not
+    if not bool(undecided.any()):
+        return surely
+    own = resampled_count(maps, res, threshold, strict, channels=undecided)
+    return surely | (undecided & (own > 0) & (areas / own.clamp(min=1) >= overlap))
 
 
 def resampled_above(maps: CellMaps, res: Resampling, threshold: float) -> Tensor:
@@ -286,11 +356,10 @@ def resampled_above(maps: CellMaps, res: Resampling, threshold: float) -> Tensor
     state = (maps.low > threshold + 1e-6).permute(2, 0, 1)
     out = state.index_select(1, res.y0).index_select(2, res.x0)
     straddle = (maps.low <= threshold + 1e-6) & (maps.high > threshold - 1e-6) & (_pixels_per_cell(res) > 0)[..., None]
-    pairs = straddle.nonzero()
-    rows, cols, index = _cell_pixels(res, pairs[:, 0], pairs[:, 1])
-    if rows.numel():
-        channel = pairs[index, 2]
-        out[channel, rows, cols] = sample(maps.values, channel[:, None], rows, cols, res)[:, 0] > threshold
+    for pairs in _by_size(res, straddle.nonzero()):
+        grid = CellGrid.of(res, pairs[:, :2])
+        cell, rows, cols = grid.pixels()
+        out[pairs[cell, 2], rows, cols] = grid.sample(maps.values, pairs[:, 2:])[..., 0][grid.valid] > threshold
     return out
 
 
@@ -393,8 +462,7 @@ def panoptic_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
             maps = CellMaps(probs)
             assignment = resampled_argmax(maps, res, weights=kept_scores)
             areas = assignment.areas(res, len(kept_labels))
-            own = resampled_count(maps, res, mask_threshold)
-            valid = ((areas > 0) & (own > 0) & (areas / own.clamp(min=1) >= overlap_mask_area_threshold)).tolist()
+            valid = ((areas > 0) & keep_by_overlap(maps, res, areas, mask_threshold, overlap_mask_area_threshold)).tolist()
             stuff: dict[int, dict[str, Any]] = {}
             for k, label in enumerate(kept_labels):
                 if not valid[k]:
@@ -443,6 +511,8 @@ def instance_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
     results = []
     for i, (n, m), res in plans:
         top_scores, top_index = class_probs[i].topk(min(num_queries, class_probs.shape[1]))
+        hopeful = top_scores >= threshold  # the final score is at most the class probability
+        top_scores, top_index = top_scores[hopeful], top_index[hopeful]
         query, label = top_index // num_labels, top_index % num_labels
         logits = masks_queries_logits[i, query, :n, :m].float()  # (Q, n, m)
         probs = logits.sigmoid()
@@ -458,10 +528,9 @@ def instance_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
             results.append({"segmentation": empty.to(probs.device), "segments_info": []})
             continue
         maps = CellMaps(probs)
-        own = resampled_count(maps, res, mask_threshold, strict=True)
         assignment = resampled_argmax(maps, res, weights=score, on_threshold=mask_threshold)
         visible = assignment.areas(res, len(order))
-        valid = (own > 0) & (visible / own.clamp(min=1) >= overlap_mask_area_threshold)
+        valid = keep_by_overlap(maps, res, visible, mask_threshold, overlap_mask_area_threshold, strict=True)
         ids = torch.cumsum(valid.int(), 0) - 1
         lut = torch.where(valid, ids, torch.full_like(ids, -1)).int()
         segments = [{"id": int(ids[k]), "label_id": int(label[k]), "was_fused": False, "score": round(float(score[k]), 6)}
