@@ -71,8 +71,8 @@ def test_segmentation_map_to_masks_panoptic_ids_above_255():
     assert plain.tolist() == [3, 9, 1]
     _, class_zero = segmentation_map_to_masks(seg, {**mapping, crowd: 0}, ignore_index=0)
     assert class_zero.tolist() == [3, 0, 1]  # ignore_index names a segment id here, class 0 stays
-    with pytest.raises(ValueError, match="no class for segment ids"):
-        segmentation_map_to_masks(seg, {person: 1}, ignore_index=0)
+    only_person, classes = segmentation_map_to_masks(seg, {person: 1}, ignore_index=0)  # unlisted ids: void
+    assert classes.tolist() == [1] and torch.equal(only_person[0], masks[1])
 
 
 def test_segmentation_map_to_masks_id_256_is_not_ignored():

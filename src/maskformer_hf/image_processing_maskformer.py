@@ -51,7 +51,8 @@ def segmentation_map_to_masks(
     Args:
         segmentation_map: `(H, W)` integer map: class ids (semantic) or segment ids (instance /
             panoptic, any size, e.g. raw COCO panoptic ids ``R + 256 G + 256^2 B``).
-        instance_id_to_semantic_id: segment id -> class id; None for a semantic map.
+        instance_id_to_semantic_id: segment id -> class id; None for a semantic map. Ids it does not
+            list are void (as in COCO panoptic): they belong to no mask.
         ignore_index: pixels of this value (after reduction) belong to no mask; with a mapping,
             the segment id to ignore (e.g. 0, COCO's void).
         do_reduce_labels: id 0 is "ignore" and every other id shifts down by one (ADE20K); with a
@@ -82,11 +83,8 @@ def segmentation_map_to_masks(
         keep = ids != 0 if do_reduce_labels else torch.ones_like(ids, dtype=torch.bool)
         if ignore_index is not None and not do_reduce_labels:
             keep &= ids != ignore_index
-        wanted = ids[keep].tolist()
-        missing = [i for i in wanted if i not in instance_id_to_semantic_id]
-        if missing:
-            raise ValueError(f"instance_id_to_semantic_id: no class for segment ids {missing[:10]} "
-                             f"(it has {len(instance_id_to_semantic_id)} entries)")
+        listed = [i in instance_id_to_semantic_id for i in ids.tolist()]
+        keep &= torch.tensor(listed, dtype=torch.bool, device=ids.device)  # unlisted ids are void (COCO)
         lookup = [int(instance_id_to_semantic_id.get(i, 0)) for i in ids.tolist()]
         classes = torch.tensor(lookup, dtype=torch.int64, device=ids.device) - int(do_reduce_labels)
         if do_reduce_labels:
@@ -350,6 +348,9 @@ class MaskFormerImageProcessor(BaseImageProcessor):
             raise ValueError(f"return_tensors: only 'pt' is supported, got {return_tensors!r}")
         s = {field: overrides.get(field, getattr(self, field)) for field in self._fields}
         size = _size_dict(s["size"], None)
+        resample = PILImageResampling(s["resample"])
+        if resample not in _RESAMPLE:
+            raise ValueError(f"resample: expected NEAREST, BILINEAR or BICUBIC, got {resample!r}")
         image_list = [_image_to_tensor(image) for image in _as_list(images, 3)]
         if not image_list:
             raise ValueError("images: expected at least one image")
@@ -374,7 +375,7 @@ class MaskFormerImageProcessor(BaseImageProcessor):
                 if new_size == (height, width):
                     continue
                 stacked = torch.stack([image_list[i] for i in members])
-                resized = tvF.resize(stacked, list(new_size), interpolation=_RESAMPLE[PILImageResampling(s["resample"])],
+                resized = tvF.resize(stacked, list(new_size), interpolation=_RESAMPLE[resample],
                                      antialias=True)
                 for j, i in enumerate(members):
                     image_list[i] = resized[j]
@@ -398,8 +399,9 @@ class MaskFormerImageProcessor(BaseImageProcessor):
             torch.addcmul(shift_c, image, scale_c, out=pixel_values[i, :, :h, :w])  # (x - mean) / std, one pass
             pixel_values[i, :, h:] = 0
             pixel_values[i, :, :h, w:] = 0
-            pixel_mask[i] = 0
             pixel_mask[i, :h, :w] = 1
+            pixel_mask[i, h:] = 0
+            pixel_mask[i, :h, w:] = 0
         data = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
         encoded = BatchFeature(data=data, tensor_type=None)
         if map_list is not None:

@@ -61,10 +61,6 @@ class Resampling:
     col_count: Tensor
 
     @property
-    def source_size(self) -> tuple[int, int]:
-        return self.row_count.numel(), self.col_count.numel()
-
-    @property
     def target_size(self) -> tuple[int, int]:
         return self.y0.numel(), self.x0.numel()
 
@@ -194,16 +190,6 @@ class CellGrid:
         return cell, self.rows[cell, r], self.cols[cell, c]
 
 
-def _by_size(res: Resampling, cells: Tensor) -> list[Tensor]:
-    """`cells` `(A, 2)` split into those of the usual size and the larger edge cells (which
-    collect the clamped border rows/columns), so that padded grids stay tight."""
-    if len(cells) == 0:
-        return []
-    rc, cc = res.row_count[cells[:, 0]], res.col_count[cells[:, 1]]
-    usual = (rc <= -(-len(res.y0) // len(res.row_count))) & (cc <= -(-len(res.x0) // len(res.col_count)))
-    return [part for part in (cells[usual], cells[~usual]) if len(part)]
-
-
 def _pixels_per_cell(res: Resampling) -> Tensor:
     return res.row_count[:, None] * res.col_count[None, :]  # (n, m)
 
@@ -279,7 +265,8 @@ def resampled_argmax(maps: CellMaps, res: Resampling, weights: Tensor | None = N
     # are done apart from the few with more (k = the group's largest count, padded with -inf).
     parts = []
     for group in (~settled & (ncand <= 2), ~settled & (ncand > 2)):
-        for cells in _by_size(res, group.nonzero()):
+        cells = group.nonzero()
+        if len(cells):
             parts.append(_evaluate_cells(maps, res, cells, candidate, high, ncand, weights, on_threshold))
     if not parts:
         empty = cell_label.new_zeros(0)
@@ -316,7 +303,8 @@ def resampled_count(maps: CellMaps, res: Resampling, threshold: float, strict: b
     lower, straddle = _count_bounds(maps, res, threshold)
     if channels is not None:
         straddle = straddle & channels
-    for pairs in _by_size(res, straddle.nonzero()):  # (S, 3): row, col, channel
+    pairs = straddle.nonzero()  # (S, 3): row, col, channel
+    if len(pairs):
         grid = CellGrid.of(res, pairs[:, :2])
         v = grid.sample(maps.values, pairs[:, 2:])[..., 0]  # (S, R, W)
         hits = ((v > threshold) if strict else (v >= threshold)) & grid.valid
@@ -356,7 +344,8 @@ def resampled_above(maps: CellMaps, res: Resampling, threshold: float) -> Tensor
     state = (maps.low > threshold + 1e-6).permute(2, 0, 1)
     out = state.index_select(1, res.y0).index_select(2, res.x0)
     straddle = (maps.low <= threshold + 1e-6) & (maps.high > threshold - 1e-6) & (_pixels_per_cell(res) > 0)[..., None]
-    for pairs in _by_size(res, straddle.nonzero()):
+    pairs = straddle.nonzero()
+    if len(pairs):
         grid = CellGrid.of(res, pairs[:, :2])
         cell, rows, cols = grid.pixels()
         out[pairs[cell, 2], rows, cols] = grid.sample(maps.values, pairs[:, 2:])[..., 0][grid.valid] > threshold
@@ -383,7 +372,7 @@ def _prepare(class_queries_logits: Tensor, masks_queries_logits: Tensor, pixel_m
     if pixel_mask is not None and (pixel_mask.ndim != 3 or pixel_mask.shape[0] != batch):
         raise ValueError(f"pixel_mask: expected (batch={batch}, height, width), got {tuple(pixel_mask.shape)}")
     mask_size = tuple(masks_queries_logits.shape[-2:])
-    plans = []
+    plans, cache = [], {}
     for i in range(batch):
         crop, extent = valid_region(mask_size, None if pixel_mask is None else pixel_mask[i])
         if target_sizes is None:
@@ -392,7 +381,10 @@ def _prepare(class_queries_logits: Tensor, masks_queries_logits: Tensor, pixel_m
             target = tuple(int(v) for v in target_sizes[i])
             if len(target) != 2 or min(target) < 1:
                 raise ValueError(f"target_sizes[{i}]: expected (height, width) >= 1, got {target_sizes[i]}")
-        plans.append((i, crop, resampling(crop, target, extent, masks_queries_logits.device)))
+        key = (crop, target, extent)
+        if key not in cache:  # images of one size share their sampling plan
+            cache[key] = resampling(crop, target, extent, masks_queries_logits.device)
+        plans.append((i, crop, cache[key]))
     return plans
 
 
@@ -456,27 +448,28 @@ def panoptic_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
         keep = (labels[i] != num_labels) & (scores[i] > threshold)
         probs = masks_queries_logits[i, keep, :n, :m].float().sigmoid()  # (Qk, n, m)
         kept_scores, kept_labels = scores[i, keep], labels[i, keep].tolist()
-        lut = torch.zeros(len(kept_labels), dtype=torch.int32, device=probs.device)
         segments: list[dict[str, Any]] = []
         if kept_labels:
             maps = CellMaps(probs)
             assignment = resampled_argmax(maps, res, weights=kept_scores)
             areas = assignment.areas(res, len(kept_labels))
             valid = ((areas > 0) & keep_by_overlap(maps, res, areas, mask_threshold, overlap_mask_area_threshold)).tolist()
+            segment_of_query = [0] * len(kept_labels)  # 0 = void
             stuff: dict[int, dict[str, Any]] = {}
-            for k, label in enumerate(kept_labels):
+            for k, (label, score) in enumerate(zip(kept_labels, kept_scores.tolist())):
                 if not valid[k]:
                     continue
-                score = round(float(kept_scores[k]), 6)
+                score = round(score, 6)
                 if label in stuff:
                     stuff[label]["score"] = max(stuff[label]["score"], score)
-                    lut[k] = stuff[label]["id"]
+                    segment_of_query[k] = stuff[label]["id"]
                     continue
                 segment = {"id": len(segments) + 1, "label_id": label, "was_fused": label in fuse, "score": score}
                 segments.append(segment)
-                lut[k] = segment["id"]
+                segment_of_query[k] = segment["id"]
                 if label in fuse:
                     stuff[label] = segment
+            lut = torch.tensor(segment_of_query, dtype=torch.int32, device=probs.device)
             segmentation = assignment.paint(res, lut, fill=0)
         else:
             segmentation = torch.zeros(res.target_size, dtype=torch.int32, device=probs.device)
@@ -533,8 +526,8 @@ def instance_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
         valid = keep_by_overlap(maps, res, visible, mask_threshold, overlap_mask_area_threshold, strict=True)
         ids = torch.cumsum(valid.int(), 0) - 1
         lut = torch.where(valid, ids, torch.full_like(ids, -1)).int()
-        segments = [{"id": int(ids[k]), "label_id": int(label[k]), "was_fused": False, "score": round(float(score[k]), 6)}
-                    for k in valid.nonzero()[:, 0].tolist()]
+        segments = [{"id": j, "label_id": c, "was_fused": False, "score": round(p, 6)}
+                    for j, (c, p) in enumerate(zip(label[valid].tolist(), score[valid].tolist()))]
         if return_binary_maps:
             segmentation = resampled_above(maps, res, mask_threshold)[valid].float()
         else:
