@@ -11,17 +11,19 @@ from transformers import MaskFormerImageProcessor as ReferenceProcessor
 from conftest import fake_segmentation_outputs, tiny_config, tiny_hf_model
 from maskformer_hf import MaskFormerForUniversalSegmentation, MaskFormerImageProcessor, inference
 from maskformer_hf.inference import (
-    CellMaps,
     instance_inference,
     panoptic_inference,
+    semantic_inference,
+    semantic_inference_tta,
+    semantic_scores,
+)
+from maskformer_hf.resampling import (
+    CellMaps,
     resample_dense,
     resampled_above,
     resampled_argmax,
     resampled_count,
     resampling,
-    semantic_inference,
-    semantic_inference_tta,
-    semantic_scores,
 )
 
 REFERENCE = ReferenceProcessor()
@@ -54,23 +56,26 @@ def segments(result, background):
 def test_cell_bounded_rules_equal_dense_evaluation(target, extent):
     torch.manual_seed(0)
     n, m = 20, 27
-    values = torch.nn.functional.interpolate(torch.randn(1, 9, 5, 6) * 4, size=(n, m), mode="bicubic")[0].sigmoid()
+    values = torch.nn.functional.interpolate(torch.randn(2, 9, 5, 6) * 4, size=(n, m), mode="bicubic").sigmoid()
     res = resampling((n, m), target, extent)
-    dense = resample_dense(values, res)
-    weights = torch.rand(9)
-    maps = CellMaps(values)
+    dense = resample_dense(values, res)  # (2, 9, T_h, T_w)
+    weights = torch.rand(2, 9)
+    maps = CellMaps(values)  # a batch of two images sharing the sampling plan
     assignment = resampled_argmax(maps, res, weights=weights)
-    expected = (dense * weights[:, None, None]).argmax(0)
+    expected = (dense * weights[:, :, None, None]).argmax(1)
     assert torch.equal(assignment.paint(res), expected)
     assert assignment.settled.float().mean() > 0.3  # most cells never evaluated per pixel
-    assert torch.equal(assignment.areas(res, 9), torch.bincount(expected.flatten(), minlength=9))
+    for b in range(2):
+        assert torch.equal(assignment.areas(res, 9)[b], torch.bincount(expected[b].flatten(), minlength=9))
     for strict in (False, True):
-        assert torch.equal(resampled_count(maps, res, 0.5, strict), ((dense > 0.5) if strict else (dense >= 0.5)).sum((1, 2)))
+        assert torch.equal(resampled_count(maps, res, 0.5, strict), ((dense > 0.5) if strict else (dense >= 0.5)).sum((2, 3)))
     assert torch.equal(resampled_above(maps, res, 0.4), dense > 0.4)
-    on = torch.where(dense > 0.6, dense * weights[:, None, None], torch.tensor(-1.0))
-    best, index = on.max(0)
+    on = torch.where(dense > 0.6, dense * weights[:, :, None, None], torch.tensor(-1.0))
+    best, index = on.max(1)
     masked = resampled_argmax(maps, res, weights=weights, on_threshold=0.6)
     assert torch.equal(masked.paint(res), torch.where(best < 0, -1, index))
+    lut = torch.tensor([[5, 4, 3, 2, 1, 0, 9, 9, 9]] * 2, dtype=torch.int32)
+    assert torch.equal(masked.paint(res, lut, fill=-7), torch.where(best < 0, -7, lut[0][index]))
 
 
 def test_resampling_without_crop_is_f_interpolate():
