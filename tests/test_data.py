@@ -30,7 +30,7 @@ from maskformer_hf.data import (
     segmentation_features,
     set_metadata,
 )
-from maskformer_hf.data.synthetic import CLASS_NAMES, THING_IDS, write_synthetic_dataset
+from maskformer_hf.data.synthetic import CLASS_NAMES, THING_IDS, main as synthetic_main, write_synthetic_dataset
 from maskformer_hf.data.transforms import (
     RandomSizeCrop,
     SegmentationTransform,
@@ -284,6 +284,14 @@ def test_synthetic_is_deterministic_and_loads_through_both_layouts(tmp_path):
         things_seen |= {label for label in panoptic["instance_id_to_semantic_id"].values() if label in THING_IDS}
         assert len(set(semantic["label_map"].unique().tolist()) - set(THING_IDS)) >= 1  # some stuff
     assert things_seen == set(THING_IDS)
+
+
+def test_synthetic_command_line(tmp_path):
+    synthetic_main(["--out", str(tmp_path), "--num-train", "2", "--num-val", "1", "--size", "48", "--layouts", "coco"])
+    content = json.loads((tmp_path / "coco/annotations/panoptic_val2017.json").read_text())
+    assert len(content["images"]) == 1 and [c["id"] for c in content["categories"]] == [1, 2, 3, 101, 102, 103]
+    assert len(list((tmp_path / "coco/train2017").glob("*.jpg"))) == 2
+    assert not (tmp_path / "ADEChallengeData2016").exists()
 
 
 def test_transforms_keep_large_ids_and_pad_with_ignore():

@@ -117,6 +117,7 @@ def build_semantic_dataset_dict(
     split_aliases: Mapping[str, str] = SPLIT_ALIASES,
 ) -> datasets.DatasetDict:
     """``images/<split>/*`` + ``annotations/<split>/*.png`` -> DatasetDict (no pixel is read but one PNG's header)."""
+    info = dataset_info(metadata)
     splits = {}
     for split, folder in find_split_dirs(root / image_dir, split_aliases).items():
         annotations = root / annotation_dir / folder.relative_to(root / image_dir)
@@ -127,7 +128,7 @@ def build_semantic_dataset_dict(
                                  f"{labels[0]} has mode {first.mode}")
         splits[split] = datasets.Dataset.from_dict(
             {"image_id": ids, "image": images, "annotation": labels, "segments_info": [[] for _ in ids]},
-            info=dataset_info(metadata), features=dataset_info(metadata).features, split=split)
+            info=info, features=info.features, split=split)
         logger.info("%s/%s: %d images", root, split, len(ids))
     return datasets.DatasetDict(splits)
 

@@ -6,18 +6,18 @@ Six classes (label ids in this order; COCO category ids 1, 2, 3, 101, 102, 103):
 label  name     kind    looks like
 =====  =======  ======  ============================================================
 0      ball     thing   a disc with a checkerboard texture
-1      box      thing   a rotated square with diagonal stripes
-2      kite     thing   a rotated triangle with polka dots
+1      box      thing   a square (tilted ≤ 15°) with diagonal stripes
+2      kite     thing   a triangle (tilted ≤ 15°) with polka dots
 3      sky      stuff   a smooth gradient with soft low-frequency clouds
 4      grass    stuff   vertical streaks
 5      sand     stuff   fine speckle with dark grains
 =====  =======  ======  ============================================================
 
 Each image has 2-3 stuff regions separated by wavy boundaries (stuff classes in random order,
-horizontal or vertical bands) and 1-4 non-overlapping things. Thing colours are two random
-colours from one palette shared by all thing classes, so a thing's class is told by its shape and
-texture, never by its colour; stuff colours are jittered around a typical hue. Images are small
-(128×128 by default) and the shapes large, so a small MaskFormer learns the set in minutes.
+horizontal or vertical bands) and 2-4 non-overlapping things. A thing's texture uses two random
+colours of clearly different brightness from one palette shared by all thing classes, so its class
+is told by shape and texture, never by colour; stuff colours are jittered around a typical hue.
+Images are small (128×128 by default), shapes large and textures coarse (8-12 px periods).
 
 Every image comes from its own generator seeded with ``(seed, split, index)``: the same arguments
 always give the same files, and the validation images do not depend on the number of train images.
@@ -56,9 +56,11 @@ THING_IDS: tuple[int, ...] = (0, 1, 2)
 COCO_CATEGORY_IDS: tuple[int, ...] = (1, 2, 3, 101, 102, 103)
 _STUFF_HUES = {3: 0.58, 4: 0.30, 5: 0.11}  # typical hue of sky, grass, sand
 _PALETTE = np.array([[230, 40, 40], [250, 150, 20], [245, 225, 40], [200, 40, 200], [120, 50, 220],
-                     [30, 200, 220], [40, 90, 230], [245, 245, 245], [25, 25, 25], [150, 90, 40]],
+                     [30, 200, 220], [40, 90, 230], [245, 245, 245], [25, 25, 25], [150, 90, 40],
+                     [20, 30, 100], [90, 20, 40], [250, 180, 200], [170, 240, 250]],
                     dtype=np.float32) / 255.0
 _SPLITS = {"train": 0, "validation": 1}
+_LUMA = _PALETTE @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
@@ -67,6 +69,13 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     f = h * 6 - int(h * 6)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
     return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i], dtype=np.float32)
+
+
+def _contrasting_pair(rng: np.random.Generator) -> tuple[int, int]:
+    """Two palette indices whose brightness differs by at least 0.3, so textures stay visible."""
+    first = int(rng.integers(len(_PALETTE)))
+    candidates = np.flatnonzero(np.abs(_LUMA - _LUMA[first]) >= 0.3)
+    return first, int(rng.choice(candidates))
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -103,7 +112,7 @@ def _thing_mask(label: int, cy: float, cx: float, r: float, angle: float, yy: np
     inside = np.ones_like(u, dtype=bool)  # triangle: three half-planes at distance r/2 from the centre
     for k in range(3):
         theta = 2 * math.pi * k / 3 - math.pi / 2
-        inside &= u * math.cos(theta) + v * math.sin(theta) <= 0.55 * r
+        inside &= u * math.cos(theta) + v * math.sin(theta) <= 0.6 * r
     return inside
 
 
@@ -111,14 +120,14 @@ def _thing_pattern(rng: np.random.Generator, label: int, yy: np.ndarray, xx: np.
     """`(size, size)` bool pattern: checkerboard (ball), diagonal stripes (box), polka dots (kite)."""
     oy, ox = rng.integers(0, 16, size=2)
     if label == 0:
-        cell = int(rng.integers(4, 7))
+        cell = 8
         return ((yy + oy) // cell + (xx + ox) // cell) % 2 == 0
     if label == 1:
-        period = int(rng.integers(6, 9))
+        period = 12
         return ((yy + xx + oy) % period) < period / 2
-    spacing = int(rng.integers(7, 10))
+    spacing = 12
     py, px = (yy + oy) % spacing - spacing / 2, (xx + ox) % spacing - spacing / 2
-    return py**2 + px**2 <= (0.3 * spacing) ** 2
+    return py**2 + px**2 <= (0.32 * spacing) ** 2
 
 
 def generate_example(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
@@ -149,12 +158,12 @@ def generate_example(rng: np.random.Generator, size: int = 128) -> tuple[np.ndar
         inside = region == index
         image[inside] = _stuff_texture(rng, label, size, yy, xx)[inside]
         ids[inside] = 1000 * (label + 1)
-    # Things: 1-4 non-overlapping shapes, colours from one shared palette.
+    # Things: 2-4 non-overlapping shapes, colours from one shared palette.
     placed: list[tuple[float, float, float]] = []
     counts = {label: 0 for label in THING_IDS}
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(2, 5))):
         label = int(rng.integers(0, 3))
-        r = rng.uniform(0.11, 0.19) * size
+        r = rng.uniform(0.15, 0.23) * size
         for _attempt in range(20):
             cy, cx = rng.uniform(r + 2, size - r - 2, size=2)
             if all((cy - y) ** 2 + (cx - x) ** 2 > (r + rr + 4) ** 2 for y, x, rr in placed):
@@ -162,8 +171,8 @@ def generate_example(rng: np.random.Generator, size: int = 128) -> tuple[np.ndar
         else:
             continue
         placed.append((cy, cx, r))
-        mask = _thing_mask(label, cy, cx, r, rng.uniform(-math.pi / 6, math.pi / 6), yy, xx)
-        first, second = rng.choice(len(_PALETTE), size=2, replace=False)
+        mask = _thing_mask(label, cy, cx, r, rng.uniform(-math.pi / 12, math.pi / 12), yy, xx)
+        first, second = _contrasting_pair(rng)
         pattern = _thing_pattern(rng, label, yy, xx)
         colours = np.where(pattern[..., None], _PALETTE[first], _PALETTE[second])
         image[mask] = colours[mask] * rng.uniform(0.85, 1.0)
