@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench bench-train bench-data clean
+.PHONY: install test demo bench bench-train bench-data bench-processing clean
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ bench-train: $(STAMP)
 
 bench-data: $(STAMP)
 	$(PY) benchmarks/bench_data.py
+
+bench-processing: $(STAMP)
+	$(PY) benchmarks/bench_processing.py
 
 clean:
 	rm -rf $(VENV) demo_output build *.egg-info src/*.egg-info .pytest_cache

@@ -73,6 +73,9 @@ def test_segmentation_map_to_masks_panoptic_ids_above_255():
     assert class_zero.tolist() == [3, 0, 1]  # ignore_index names a segment id here, class 0 stays
     only_person, classes = segmentation_map_to_masks(seg, {person: 1}, ignore_index=0)  # unlisted ids: void
     assert classes.tolist() == [1] and torch.equal(only_person[0], masks[1])
+    from transformers.models.maskformer.image_processing_maskformer import convert_segmentation_map_to_binary_masks_fast
+    with pytest.raises(KeyError):  # transformers: an unlisted id is an error
+        convert_segmentation_map_to_binary_masks_fast(seg, {person: 1}, ignore_index=0)
 
 
 def test_segmentation_map_to_masks_id_256_is_not_ignored():

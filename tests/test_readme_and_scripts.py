@@ -50,3 +50,28 @@ def test_bench_train_step_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "matching + loss" in result.stdout and out.is_file()
+
+
+def test_bench_processing_runs(tmp_path):
+    out = tmp_path / "processing.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_processing.py"), "--batch", "2", "--height", "48", "--width", "64",
+         "--queries", "12", "--classes", "10", "--mask-size", "16", "--confident", "4", "--repeats", "1",
+         "--output", str(out)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "speed-up" in result.stdout and "semantic" in result.stdout and out.is_file()
+
+
+def test_readme_processing_example_runs(tmp_path, monkeypatch):
+    blocks = [b for b in readme_python_blocks() if "post_process_panoptic_segmentation(" in b]
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    assert namespace["semantic"].shape == (200, 300)
+    assert {"segmentation", "segments_info"} <= set(namespace["panoptic"])
+    assert all({"label", "score", "mask"} <= set(s) for s in namespace["segments"])
+    assert (tmp_path / "my-segmenter" / "modeling_maskformer.py").is_file()
