@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageSegmentation, pipeline
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageSegmentation, pipeline
 
 from conftest import tiny_config
-from maskformer_hf import MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
+from maskformer_hf import MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
 
 LABELS = {0: "sky", 1: "road", 2: "car", 3: "person"}
 SUBTASKS = ("semantic", "instance", "panoptic")
@@ -25,14 +25,14 @@ THRESHOLDS = {"threshold": 0.3, "overlap_mask_area_threshold": 0.0}
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(1)
-    model = MaskFormerForUniversalSegmentation(tiny_config(num_labels=4, id2label=LABELS)).eval()
+    model = MaskFormerForUniversalSegmentation(tiny_config(num_labels=4, id2label=LABELS, stuff_label_ids=[3])).eval()
     with torch.no_grad():  # sharper classes and masks than at initialisation: several segments per subtask
         model.class_predictor.weight.mul_(5.0)
         model.mask_embedder.layers[-1].weight.mul_(100.0)
         model.mask_embedder.layers[-1].bias.mul_(100.0)
     path = tmp_path_factory.mktemp("tiny-maskformer")
     model.save_pretrained(path)
-    MaskFormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}, label_ids_to_fuse=[3]).save_pretrained(path)
+    MaskFormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(path)
     return path
 
 
@@ -95,7 +95,8 @@ def test_pipeline_subtasks_match_post_processing(segmenter, image):
             assert annotation["label"] == label and annotation["score"] == score
             assert annotation["mask"].size == (image.width, image.height)
             assert np.array_equal(np.asarray(annotation["mask"]) == 255, mask.numpy())
-    # The processor's label_ids_to_fuse ([3]) reaches the pipeline: the "person" queries form one segment.
+    # The config's stuff_label_ids ([3]) reach the pipeline's processor: the "person" queries form one segment.
+    assert processor.label_ids_to_fuse == [3]
     assert [(s["label_id"], s["was_fused"]) for s in expected["panoptic"]["segments_info"]] == [(3, True)]
     unfused = processor.post_process_panoptic_segmentation(outputs, **THRESHOLDS, label_ids_to_fuse=[], target_sizes=target)
     assert len(unfused[0]["segments_info"]) > 1
@@ -125,3 +126,17 @@ print(json.dumps({{"result": result, "model": type(segmenter.model).__module__,
     assert remote["model"].startswith("transformers_modules.") and remote["model"].endswith(".modeling_maskformer")
     assert remote["processor"].endswith(".image_processing_maskformer")
     assert remote["result"] == {k: [list(t) for t in v] for k, v in local.items()}
+
+
+def test_stuff_label_ids_config_field(tmp_path):
+    """MaskFormerConfig.stuff_label_ids: validated, saved, and the default of a processor loaded beside it."""
+    config = MaskFormerConfig(backbone="resnet18", num_labels=4, stuff_label_ids=[3, 1, 3])
+    assert config.stuff_label_ids == [1, 3] and MaskFormerConfig().stuff_label_ids is None
+    with pytest.raises(ValueError, match="stuff_label_ids"):
+        MaskFormerConfig(num_labels=4, stuff_label_ids=[4])
+    config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).stuff_label_ids == [1, 3]
+    MaskFormerImageProcessor().save_pretrained(tmp_path)
+    assert AutoImageProcessor.from_pretrained(tmp_path).label_ids_to_fuse == [1, 3]
+    MaskFormerImageProcessor(label_ids_to_fuse=[2]).save_pretrained(tmp_path)  # the processor's own setting wins
+    assert MaskFormerImageProcessor.from_pretrained(tmp_path).label_ids_to_fuse == [2]

@@ -143,6 +143,8 @@ class MaskFormerConfig(PretrainedConfig):
         # --- initialisation -----------------------------------------------------------------------
         init_std: float = 0.02,  # std of the normal init of the query position embeddings
         init_xavier_std: float = 1.0,  # gain of the xavier inits (pixel decoder, transformer, heads)
+        # --- inference ------------------------------------------------------------------------------
+        stuff_label_ids: list[int] | None = None,  # "stuff" classes: one segment each in panoptic output
         **kwargs: Any,
     ) -> None:
         self.backbone = backbone
@@ -175,6 +177,7 @@ class MaskFormerConfig(PretrainedConfig):
         self.importance_sample_ratio = importance_sample_ratio
         self.init_std = init_std
         self.init_xavier_std = init_xavier_std
+        self.stuff_label_ids = sorted({int(i) for i in stuff_label_ids}) if stuff_label_ids is not None else None
         super().__init__(**kwargs)
         self.validate()
 
@@ -212,6 +215,8 @@ class MaskFormerConfig(PretrainedConfig):
         need(not self.fixed_matching or self.num_queries >= self.num_labels, "fixed_matching",
              f"num_queries >= num_labels ({self.num_queries} < {self.num_labels})")
         need(isinstance(self.backbone_kwargs, dict), "backbone_kwargs", "a dict")
+        need(self.stuff_label_ids is None or all(0 <= i < self.num_labels for i in self.stuff_label_ids),
+             "stuff_label_ids", f"None or class ids in [0, num_labels={self.num_labels})")
 
     @property
     def num_auxiliary_outputs(self) -> int:

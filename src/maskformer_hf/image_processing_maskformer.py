@@ -9,8 +9,11 @@ binary masks and class ids (:func:`segmentation_map_to_masks`). Post-processing:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_transforms import get_size_with_aspect_ratio
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.processing_utils import ImagesKwargs
+from transformers.utils import cached_file
 
 from .inference import instance_inference, panoptic_inference, semantic_inference
 
@@ -262,6 +266,7 @@ class MaskFormerImageProcessor(BaseImageProcessor):
         do_pad: pad a batch bottom/right to its largest image (with a ``pixel_mask``).
         label_ids_to_fuse: classes whose segments merge in panoptic post-processing ("stuff") when a
             call does not pass ``label_ids_to_fuse``; saved with the processor, so the pipeline fuses too.
+            When None, :meth:`from_pretrained` takes the model config's ``stuff_label_ids``.
     """
 
     model_input_names = ["pixel_values", "pixel_mask"]
@@ -317,6 +322,25 @@ class MaskFormerImageProcessor(BaseImageProcessor):
         self.num_labels = num_labels
         self.do_pad = bool(do_pad)
         self.label_ids_to_fuse = sorted({int(i) for i in label_ids_to_fuse}) if label_ids_to_fuse is not None else None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """Load a saved processor. Without its own ``label_ids_to_fuse``, it takes the
+        ``stuff_label_ids`` of the model config saved beside it (so a checkpoint declares its stuff
+        classes once, in config.json, and the pipeline fuses them)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        processor = loaded[0] if isinstance(loaded, tuple) else loaded
+        if processor.label_ids_to_fuse is None:
+            hub = {k: kwargs[k] for k in ("cache_dir", "force_download", "local_files_only", "token", "revision",
+                                          "subfolder") if k in kwargs}
+            config_file = cached_file(pretrained_model_name_or_path, "config.json", **hub,
+                                      _raise_exceptions_for_missing_entries=False,
+                                      _raise_exceptions_for_connection_errors=False)
+            if config_file is not None:
+                stuff = json.loads(Path(config_file).read_text()).get("stuff_label_ids")
+                if stuff is not None:
+                    processor.label_ids_to_fuse = sorted({int(i) for i in stuff})
+        return loaded
 
     def to_dict(self) -> dict[str, Any]:
         out = {field: getattr(self, field) for field in self._fields}
