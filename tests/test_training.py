@@ -46,7 +46,9 @@ def test_warmup_then_poly_schedule():
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
 def test_shipped_recipes_load(recipe):
     config = TrainConfig.from_file(recipe, data_dir="/somewhere", max_steps=5)
-    assert config.data_dir == "/somewhere" and config.max_steps == 5 and config.max_grad_norm == 0.01
+    assert config.data_dir == "/somewhere" and config.max_steps == 5
+    if recipe != "demo":  # the paper recipes clip the full model's gradient at 0.01
+        assert config.max_grad_norm == 0.01
 
 
 def test_recipe_errors(tmp_path):
