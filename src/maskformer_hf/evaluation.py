@@ -7,7 +7,6 @@ PQ's per-class counts) are summed across processes through the ``reduce_sum`` ca
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -18,17 +17,22 @@ from tqdm.auto import tqdm
 from .data.transforms import SegmentationTransform
 from .metrics import MeanIoU, PanopticQuality, PanopticQualityStatistics
 
-logger = logging.getLogger(__name__)
 
-
-def _ground_truth(example: dict, semantic: SegmentationTransform, panoptic: SegmentationTransform | None) -> dict:
-    """The image, its semantic class map and (panoptic data) its segment map and segments."""
-    out = semantic(example)
-    truth = {"image": out["image"], "semantic": out["label_map"]}
-    if panoptic is not None:
-        out = panoptic(example)
-        truth.update(segments=out["label_map"], segments_info=out["segments_info"])
-    return truth
+def _ground_truth(example: dict, transform: SegmentationTransform, ignore_index: int) -> dict:
+    """The image and its semantic class map; for panoptic data also its segment map and segments
+    (the class map is derived from them: void and crowd pixels are ``ignore_index``)."""
+    out = transform(example)
+    if out["instance_id_to_semantic_id"] is None:
+        return {"image": out["image"], "semantic": out["label_map"]}
+    segments = out["label_map"]
+    mapping = out["instance_id_to_semantic_id"]  # non-crowd segments only
+    semantic = torch.full_like(segments, ignore_index)
+    if mapping:
+        ids = torch.tensor(sorted(mapping))
+        labels = torch.tensor([mapping[i] for i in ids.tolist()])
+        position = torch.searchsorted(ids, segments).clamp(max=len(ids) - 1)
+        semantic = torch.where(ids[position] == segments, labels[position], semantic)
+    return {"image": out["image"], "semantic": semantic, "segments": segments, "segments_info": out["segments_info"]}
 
 
 @torch.no_grad()
@@ -71,8 +75,7 @@ def evaluate_segmentation(
     model.eval()
     device = next(model.parameters()).device
     is_panoptic = metadata.task == "panoptic"
-    semantic = SegmentationTransform(metadata, to_semantic=is_panoptic)
-    panoptic = SegmentationTransform(metadata) if is_panoptic else None
+    transform = SegmentationTransform(metadata)
     num_labels = len(metadata.id2label)
     miou = MeanIoU(num_labels, ignore_index=metadata.ignore_index)
     pq = PanopticQuality(num_labels, metadata.thing_ids) if is_panoptic else None
@@ -80,7 +83,7 @@ def evaluate_segmentation(
     indices = list(range(rank, len(dataset), num_processes))
     bar = tqdm(total=len(indices), desc="evaluating", disable=not progress, leave=False)
     for start in range(0, len(indices), batch_size):
-        truths = [_ground_truth(dataset[i], semantic, panoptic) for i in indices[start:start + batch_size]]
+        truths = [_ground_truth(dataset[i], transform, metadata.ignore_index) for i in indices[start:start + batch_size]]
         images = [t["image"] for t in truths]
         sizes = [tuple(image.shape[-2:]) for image in images]
         inputs = image_processor(images=images, return_tensors="pt").to(device)

@@ -9,7 +9,6 @@ never holds more than one batch of mask logits.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -19,8 +18,6 @@ from .inference import panoptic_inference, semantic_inference
 from .metrics import MeanIoU, PanopticQuality
 from .training import (AugmentedDataset, TrainConfig, build_model_and_processor, create_optimizer_and_scheduler,
                        load_splits, train_transforms)
-
-logger = logging.getLogger(__name__)
 
 
 def _masks_to_maps(masks: Tensor, classes: Tensor, ignore_index: int) -> tuple[Tensor, Tensor, list[dict]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-logger = logging.getLogger(__name__)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
