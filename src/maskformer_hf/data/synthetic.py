@@ -7,7 +7,7 @@ label  name     kind    looks like
 =====  =======  ======  ============================================================
 0      ball     thing   a disc with a checkerboard texture
 1      box      thing   a square (tilted ≤ 15°) with diagonal stripes
-2      kite     thing   a triangle (tilted ≤ 15°) with polka dots
+2      kite     thing   a triangle (tilted ≤ 15°) with horizontal stripes
 3      sky      stuff   a smooth gradient with soft low-frequency clouds
 4      grass    stuff   vertical streaks
 5      sand     stuff   fine speckle with dark grains
@@ -117,7 +117,7 @@ def _thing_mask(label: int, cy: float, cx: float, r: float, angle: float, yy: np
 
 
 def _thing_pattern(rng: np.random.Generator, label: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """`(size, size)` bool pattern: checkerboard (ball), diagonal stripes (box), polka dots (kite)."""
+    """`(size, size)` bool pattern: checkerboard (ball), diagonal stripes (box), horizontal stripes (kite)."""
     oy, ox = rng.integers(0, 16, size=2)
     if label == 0:
         cell = 8
@@ -125,9 +125,8 @@ def _thing_pattern(rng: np.random.Generator, label: int, yy: np.ndarray, xx: np.
     if label == 1:
         period = 12
         return ((yy + xx + oy) % period) < period / 2
-    spacing = 12
-    py, px = (yy + oy) % spacing - spacing / 2, (xx + ox) % spacing - spacing / 2
-    return py**2 + px**2 <= (0.32 * spacing) ** 2
+    period = 10
+    return ((yy + oy) % period) < period / 2
 
 
 def generate_example(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
