@@ -5,7 +5,7 @@ a model, run ``pipeline("image-segmentation")`` on held-out images and draw what
     python scripts/demo_report.py --run demo_output --num_images 6
 
 Writes into the run folder: ``overlays/*.png`` (image | ground truth | panoptic prediction from the
-pipeline), ``loss_curve.png`` (training loss and evaluation mIoU / PQ against steps) and prints the
+pipeline, one colour per class, white lines between segments), ``loss_curve.png`` (training loss and evaluation mIoU / PQ against steps) and prints the
 final metrics.
 """
 
@@ -30,25 +30,41 @@ from maskformer_hf.training import TrainConfig, load_splits  # noqa: E402
 logger = logging.getLogger("demo_report")
 
 
-def colourise(segment_map: np.ndarray, seed: int = 0) -> np.ndarray:
-    """`(H, W)` ids -> `(H, W, 3)` uint8, one random colour per id, 0 (void) black."""
-    ids = np.unique(segment_map)
-    palette = np.random.default_rng(seed).integers(40, 255, size=(len(ids), 3), dtype=np.uint8)
-    palette[ids == 0] = 0
-    return palette[np.searchsorted(ids, segment_map)]
+def class_palette(num_classes: int, seed: int = 0) -> np.ndarray:
+    """`(num_classes + 1, 3)` uint8: entry 0 (void) black, then one fixed colour per class, so that a
+    class has the same colour in every panel."""
+    palette = np.random.default_rng(seed).integers(40, 255, size=(num_classes + 1, 3), dtype=np.uint8)
+    palette[0] = 0
+    return palette
 
 
-def pipeline_panoptic_map(results: list[dict], label2id: dict[str, int], shape: tuple[int, int]) -> np.ndarray:
-    """The pipeline's list of ``{"label", "mask", "score"}`` -> an `(H, W)` map of class id + 1 (0 = void)."""
-    out = np.zeros(shape, dtype=np.int64)
-    for segment in results:
-        out[np.array(segment["mask"]) > 0] = label2id[segment["label"]] + 1
-    return out
+def render(class_map: np.ndarray, segment_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """`(H, W)` class ids + 1 (0 = void) and `(H, W)` segment ids -> `(H, W, 3)` uint8: class colours,
+    with white lines where one segment meets another (so that instances of a class stay apart)."""
+    picture = palette[class_map].copy()
+    edge = np.zeros(segment_map.shape, dtype=bool)
+    edge[:, 1:] |= segment_map[:, 1:] != segment_map[:, :-1]
+    edge[1:, :] |= segment_map[1:, :] != segment_map[:-1, :]
+    picture[edge] = 255
+    return picture
+
+
+def pipeline_panoptic_maps(results: list[dict], label2id: dict[str, int],
+                           shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's list of ``{"label", "mask", "score"}`` -> `(H, W)` maps of class id + 1 and of
+    segment index + 1 (0 = void in both)."""
+    classes, segments = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    for index, segment in enumerate(results, start=1):
+        inside = np.array(segment["mask"]) > 0
+        classes[inside] = label2id[segment["label"]] + 1
+        segments[inside] = index
+    return classes, segments
 
 
 def draw_overlays(run: Path, dataset, metadata, num_images: int) -> list[Path]:
     segmenter = pipeline("image-segmentation", model=str(run / "model"))
     label2id = {name: i for i, name in metadata.id2label.items()}
+    palette = class_palette(len(label2id))
     written = []
     (run / "overlays").mkdir(exist_ok=True)
     for index in range(min(num_images, len(dataset))):
@@ -60,16 +76,20 @@ def draw_overlays(run: Path, dataset, metadata, num_images: int) -> list[Path]:
             for segment in example["segments_info"]:
                 truth[ids == segment["id"]] = segment["label_id"] + 1
         else:
-            truth = np.where(ids == metadata.ignore_index, 0, ids + 1)
-        predicted = pipeline_panoptic_map(segmenter(image, subtask="panoptic", threshold=0.5), label2id, ids.shape)
-        figure, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-        for axis, picture, title in zip(axes, (np.asarray(image), colourise(truth), colourise(predicted)),
-                                        ("image", "ground truth (classes)", "pipeline (panoptic)")):
+            ids = np.where(ids == metadata.ignore_index, -1, ids)
+            truth = ids + 1
+        predicted = pipeline_panoptic_maps(segmenter(image, subtask="panoptic", threshold=0.5), label2id, ids.shape)
+        figure, axes = plt.subplots(1, 3, figsize=(9, 3.6))
+        panels = (np.asarray(image), render(truth, ids, palette), render(*predicted, palette))
+        for axis, picture, title in zip(axes, panels, ("image", "ground truth", "pipeline (panoptic)")):
             axis.imshow(picture)
             axis.set_title(title, fontsize=9)
             axis.axis("off")
+        names = [metadata.id2label[i] for i in sorted(metadata.id2label)]
+        handles = [plt.Rectangle((0, 0), 1, 1, color=palette[i + 1] / 255) for i in range(len(names))]
+        figure.legend(handles, names, loc="lower center", ncol=min(len(names), 8), fontsize=8, frameon=False)
         path = run / "overlays" / f"{example['image_id']}.png"
-        figure.tight_layout()
+        figure.tight_layout(rect=(0, 0.08, 1, 1))
         figure.savefig(path, dpi=80)
         plt.close(figure)
         written.append(path)

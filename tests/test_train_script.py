@@ -1,6 +1,7 @@
 """scripts/train.py (accelerate loop), the Trainer route and `maskformer-hf evaluate`, end to end on
 the synthetic dataset with a tiny model."""
 
+import importlib.util
 import json
 import os
 import socket
@@ -8,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from maskformer_hf.cli import main as cli_main
@@ -49,6 +52,30 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert saved["mean_iou"] == pytest.approx(metrics["mean_iou"])
     card = (Path(straight.output_dir) / "model" / "README.md").read_text()
     assert "mean_iou" in card and "pipeline_tag: image-segmentation" in card
+    check_demo_report(Path(straight.output_dir))
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_demo_report(run: Path) -> None:
+    """The second half of `make demo` on a finished run: overlays through the pipeline and the loss curve."""
+    report = load_script("demo_report")
+    report.main(["--run", str(run), "--num_images", "2"])
+    overlays = sorted((run / "overlays").glob("*.png"))
+    assert len(overlays) == 2 and (run / "loss_curve.png").stat().st_size > 0
+    with Image.open(overlays[0]) as picture:
+        assert picture.size[0] > picture.size[1] > 100
+    # One colour per class in every panel, white lines between segments of the same class.
+    palette = report.class_palette(2)
+    classes = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
+    segments = np.array([[5, 6, 7, 7], [5, 6, 7, 7]])
+    picture = report.render(classes, segments, palette)
+    assert (picture[:, 0] == palette[1]).all() and (picture[:, 1] == 255).all() and (picture[:, 3] == palette[2]).all()
 
 
 def test_two_process_cpu_run_of_the_script(tmp_path):
