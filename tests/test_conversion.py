@@ -61,6 +61,21 @@ def test_from_pretrained_reads_a_transformers_folder(tmp_path, hf_kind):
     assert class_diff <= 1e-4 and mask_diff <= 1e-4
 
 
+def test_from_pretrained_on_a_transformers_folder_honours_loading_arguments(tmp_path):
+    hf_model = tiny_hf_model("resnet")
+    hf_model.save_pretrained(tmp_path)
+    resized = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True,
+                                                                 use_auxiliary_loss=True)
+    assert resized.config.num_labels == 3 and resized.config.use_auxiliary_loss is True
+    assert resized.class_predictor.weight.shape[0] == 4 and torch.isfinite(resized.class_predictor.weight).all()
+    model, info = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    class_diff, mask_diff = max_diffs(hf_model, model, torch.randn(1, 3, 64, 64))
+    assert class_diff <= 1e-4 and mask_diff <= 1e-4
+    half = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert next(half.parameters()).dtype == torch.bfloat16
+
+
 def test_both_key_generations_map_to_the_same_names():
     hf_model = tiny_hf_model("swin")
     new_names = hf_model.state_dict()  # transformers 5 names (o_proj, mlp.fc1)

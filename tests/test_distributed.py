@@ -34,4 +34,6 @@ def test_two_processes_give_the_whole_batch_gradients(tmp_path):
     # Every parameter takes part (a parameter without a gradient would stall DDP's reduction).
     assert len(single) == len(list(model.parameters())) and distributed.keys() == single.keys()
     for name, grad in single.items():
-        torch.testing.assert_close(distributed[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+        # 1e-5 of the gradient's scale (float32 sums in another order give ~1e-6 of it)
+        scale = max(1.0, grad.abs().max().item())
+        torch.testing.assert_close(distributed[name], grad, atol=1e-5 * scale, rtol=0, msg=name)

@@ -232,6 +232,18 @@ def test_reads_transformers_processor_configs():
     assert processor.do_reduce_labels and processor.ignore_index == 255 and processor.num_labels == 150
 
 
+def test_integer_pixels_of_any_width_are_0_255_values():
+    """transformers accepts int32/int64 images holding 0-255 values; so do we, with the same result."""
+    from transformers import MaskFormerImageProcessor as HFProcessor
+
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3))
+    ours = MaskFormerImageProcessor()(image, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(ours, MaskFormerImageProcessor()(image.astype(np.uint8), return_tensors="pt")["pixel_values"])
+    ours = MaskFormerImageProcessor(do_resize=False)(image, return_tensors="pt")["pixel_values"]
+    theirs = HFProcessor(do_resize=False)(image, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
 def test_bad_inputs_raise_clear_errors():
     processor = MaskFormerImageProcessor(do_resize=False)
     image = np.zeros((8, 8, 3), dtype=np.uint8)
@@ -241,8 +253,10 @@ def test_bad_inputs_raise_clear_errors():
         processor(image, segmentation_maps=np.zeros((8, 9), np.uint8))
     with pytest.raises(TypeError, match="integer ids"):
         processor(image, segmentation_maps=np.zeros((8, 8), np.float32))
-    with pytest.raises(TypeError, match="uint8 or floating"):
-        processor(image.astype(np.int32))
+    with pytest.raises(ValueError, match=r"\[0, 255\], got values -1\.\.3"):
+        processor(np.array([[[-1, 3, 0]]], dtype=np.int32))
+    with pytest.raises(TypeError, match="integer \\(0-255\\) or floating"):
+        processor(image.astype(bool))
     with pytest.raises(ValueError, match="channels"):
         processor(np.zeros((8, 8, 5), np.uint8))
     with pytest.raises(TypeError, match="unknown arguments"):

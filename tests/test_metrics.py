@@ -105,6 +105,13 @@ def test_mean_iou_options_and_accumulation():
     # reduce_labels: stored 0 = unlabelled, k = class k-1
     stored = [np.where(r == 255, 0, r + 1) for r in refs]
     assert mean_iou(preds, stored, 7, reduce_labels=True)["mean_iou"] == pytest.approx(mean_iou(preds, refs, 7)["mean_iou"])
+    # a stored value already equal to ignore_index stays ignored (the Hub's mean_iou does the same)
+    raw = [np.where(r == 255, 0, r + 1) for r in refs]
+    raw[0][0, :3] = 255
+    kept = [r.copy() for r in refs]
+    kept[0][0, :3] = 255
+    np.testing.assert_allclose(mean_iou(preds, raw, 7, reduce_labels=True)["per_category_iou"],
+                               mean_iou(preds, kept, 7)["per_category_iou"])
     swapped = [np.where(r == 0, 1, np.where(r == 1, 0, r)) for r in refs]
     remapped = mean_iou(preds, swapped, 7, label_map={0: 1, 1: 0})
     np.testing.assert_allclose(remapped["per_category_iou"], mean_iou(preds, refs, 7)["per_category_iou"])

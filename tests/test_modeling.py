@@ -110,7 +110,67 @@ def test_save_load_round_trip_and_auto_classes(tmp_path, model):
     assert isinstance(AutoModel.from_pretrained(tmp_path), MaskFormerModel)
 
 
+def test_weights_a_checkpoint_lacks_or_resizes_are_initialised(tmp_path, model):
+    """transformers re-initialises missing / resized weights module by module: every one of ours
+    (heads, pixel decoder, transformer, query embeddings) and the timm backbone's must come back
+    finite and freshly initialised, never as uninitialised memory."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(tmp_path / "full")
+    resized = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path / "full", num_labels=7,
+                                                                 ignore_mismatched_sizes=True)
+    assert resized.class_predictor.weight.shape == (8, model.config.hidden_size)
+    assert torch.isfinite(resized.class_predictor.weight).all() and resized.class_predictor.weight.abs().max() < 1
+    assert (resized.class_predictor.bias == 0).all()
+
+    state = load_file(tmp_path / "full" / "model.safetensors")
+    dropped = [k for k in state if "stem.norm" in k or "ffn.fc1" in k or "query_embeddings" in k
+               or k.startswith("model.backbone.body.bn1.") or k == "model.backbone.body.conv1.weight"]
+    assert len(dropped) >= 8
+    save_file({k: v for k, v in state.items() if k not in dropped}, tmp_path / "full" / "model.safetensors",
+              metadata={"format": "pt"})
+    partial = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path / "full")
+    loaded = partial.state_dict()
+    for key in dropped:
+        assert loaded[key].device.type == "cpu" and torch.isfinite(loaded[key].float()).all(), key
+        assert loaded[key].float().abs().max() <= 1.0, key
+    assert (loaded["model.pixel_decoder.stem.norm.weight"] == 1).all()
+    assert (loaded["model.backbone.body.bn1.running_var"] == 1).all()
+    assert 0 < loaded["model.backbone.body.conv1.weight"].std() < 0.2
+    assert 0 < loaded["model.transformer_module.query_embeddings.weight"].std() < 0.1
+    kept = [k for k in state if k not in dropped]
+    assert all(torch.equal(loaded[k], state[k]) for k in kept)
+
+    MaskFormerModel(model.config).save_pretrained(tmp_path / "base")
+    with_heads = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path / "base")
+    heads = [p for name, p in with_heads.named_parameters() if not name.startswith("model.")]
+    assert heads and all(torch.isfinite(p).all() and p.abs().max() < 1 for p in heads)
+
+
+def test_a_new_model_keeps_the_backbone_librarys_initialisation():
+    import timm
+
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet18", features_only=True)
+    torch.manual_seed(0)
+    ours = MaskFormerForUniversalSegmentation(tiny_config(backbone="resnet18")).model.backbone.body
+    for (name, expected), actual in zip(reference.state_dict().items(), ours.state_dict().values()):
+        assert torch.equal(expected, actual), name
+
+
+def test_return_dict_false_starts_like_transformers(model):
+    labels = dict(mask_labels=[torch.ones(1, 64, 64)], class_labels=[torch.tensor([1])])
+    out = model(torch.randn(1, 3, 64, 64), **labels)
+    loss, class_logits, mask_logits_ = model(torch.randn(1, 3, 64, 64), return_dict=False, **labels)[:3]
+    assert loss.dim() == 0 and class_logits.shape == out.class_queries_logits.shape
+    assert mask_logits_.shape == out.masks_queries_logits.shape
+
+
 def test_bad_inputs_raise(model):
+    with pytest.raises(TypeError, match="tensors"):
+        model(torch.randn(1, 3, 64, 64), mask_labels=[torch.ones(1, 64, 64)], class_labels=[[1]])
+    with pytest.raises(ValueError, match="not a timm model"):
+        MaskFormerForUniversalSegmentation(tiny_config(backbone="not_a_model"))
     with pytest.raises(ValueError, match="pixel_values"):
         model(torch.randn(3, 64, 64))
     with pytest.raises(ValueError, match="pixel_mask"):

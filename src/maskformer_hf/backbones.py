@@ -38,6 +38,9 @@ def _build_timm(config: MaskFormerConfig) -> nn.Module:
     import timm
 
     kwargs = dict(features_only=True, pretrained=config.use_pretrained_backbone, **config.backbone_kwargs)
+    if ":" not in config.backbone and not timm.is_model(config.backbone):  # hf-hub:/local-dir: names load a config
+        raise ValueError(f"backbone: {config.backbone!r} is not a timm model name (e.g. 'resnet50', "
+                         f"'swin_tiny_patch4_window7_224'); set backbone_config for a transformers backbone")
     try:
         # Vision transformers with windows (Swin, ...) default to a fixed input size; MaskFormer
         # feeds any size. Models that do not know the argument reject it with a TypeError.
@@ -64,6 +67,15 @@ def _mark_initialised(module: nn.Module) -> None:
     """Keep transformers' post_init of the enclosing model from re-initialising loaded weights."""
     for submodule in module.modules():
         submodule._is_hf_initialized = True
+
+
+def _mark_library_init(module: nn.Module) -> None:
+    """A timm backbone comes initialised by timm (or with its ImageNet weights): its modules are
+    marked so that the enclosing model's post_init leaves them alone, and tagged so that weights a
+    checkpoint lacked still get initialised (see ``MaskFormerPreTrainedModel._initialize_missing_keys``)."""
+    for submodule in module.modules():
+        submodule._is_hf_initialized = True
+        submodule._maskformer_backbone = True
 
 
 def _build_transformers(config: MaskFormerConfig) -> nn.Module:
@@ -119,6 +131,7 @@ class MaskFormerBackbone(nn.Module):
             self._channels_last = False
         else:
             self.body = _build_timm(config)
+            _mark_library_init(self.body)
             reductions = list(self.body.feature_info.reduction())
             self._indices = []
             for stride in STRIDES:

@@ -160,8 +160,13 @@ def _image_to_tensor(image: Any) -> Tensor:
             raise ValueError(f"images: expected 1, 3 or 4 channels (HWC or CHW), got shape {tuple(array.shape)}")
     else:
         raise ValueError(f"images: expected (H, W), (H, W, C) or (C, H, W) per image, got shape {tuple(array.shape)}")
-    if array.dtype == torch.bool or not (array.dtype == torch.uint8 or array.is_floating_point()):
-        raise TypeError(f"images: expected uint8 or floating point pixels, got {array.dtype}")
+    if array.dtype == torch.bool or array.is_complex():
+        raise TypeError(f"images: expected integer (0-255) or floating point pixels, got {array.dtype}")
+    if not (array.dtype == torch.uint8 or array.is_floating_point()):  # other integers: 0-255 values, as uint8
+        low, high = (int(array.min()), int(array.max())) if array.numel() else (0, 0)
+        if low < 0 or high > 255:
+            raise ValueError(f"images: integer pixels must lie in [0, 255], got values {low}..{high} ({array.dtype})")
+        array = array.to(torch.uint8)
     if array.shape[0] == 1:
         array = array.expand(3, -1, -1)
     elif array.shape[0] == 4:  # RGBA: drop alpha, as PIL's convert("RGB")

@@ -289,6 +289,9 @@ def _check_labels(mask_labels, class_labels, batch_size: int, num_labels: int) -
         raise ValueError(f"mask_labels/class_labels: expected {batch_size} entries (one per image), "
                          f"got {len(mask_labels)} and {len(class_labels)}")
     for b, (masks, labels) in enumerate(zip(mask_labels, class_labels)):
+        if not isinstance(masks, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            raise TypeError(f"image {b}: expected mask_labels and class_labels entries to be tensors, got "
+                            f"{type(masks).__name__} and {type(labels).__name__}")
         if masks.dim() != 3 or labels.dim() != 1 or masks.shape[0] != labels.shape[0]:
             raise ValueError(f"image {b}: expected mask_labels (N, H, W) and class_labels (N,), got "
                              f"{tuple(masks.shape)} and {tuple(labels.shape)}")

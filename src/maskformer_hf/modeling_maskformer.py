@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,6 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
 
     Args:
         loss: scalar training loss, when labels are given.
-        loss_dict: every weighted loss term per supervised layer, for logging.
         class_queries_logits: `(batch_size, num_queries, num_labels + 1)`; the last class is "no object".
         masks_queries_logits: `(batch_size, num_queries, H/4, W/4)` mask logits (sigmoid -> probability).
         auxiliary_logits: one dict per earlier decoder layer (``decoder_layers - 1`` of them) with
@@ -65,10 +65,12 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
             materialised when ``output_hidden_states`` is set (the heads fold the mask projection).
         pixel_mask: the input's `(batch_size, H, W)` padding mask, when one was given, so that
             post-processing can crop each image's padding away before resizing.
+        loss_dict: every weighted loss term per supervised layer, for logging (the last field, so that
+            ``return_dict=False`` tuples begin ``(loss, class_queries_logits, masks_queries_logits)`` as
+            in transformers).
     """
 
     loss: Tensor | None = None
-    loss_dict: dict[str, Tensor] | None = None
     class_queries_logits: Tensor | None = None
     masks_queries_logits: Tensor | None = None
     auxiliary_logits: list[dict[str, Tensor]] | None = None
@@ -80,6 +82,7 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
     transformer_decoder_hidden_states: tuple[Tensor, ...] | None = None
     hidden_states: tuple[Tensor, ...] | None = None
     pixel_mask: Tensor | None = None
+    loss_dict: dict[str, Tensor] | None = None  # last, so that tuples start like transformers' (loss, logits, ...)
 
 
 @dataclass
@@ -100,33 +103,38 @@ class MaskFormerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Only our own modules: the backbone keeps its library's initialisation (or its ImageNet weights).
-        gain = self.config.init_xavier_std
-        if isinstance(module, ConvNorm):
-            init.xavier_uniform_(module.conv.weight, gain=gain)
-            init.ones_(module.norm.weight)
-            init.zeros_(module.norm.bias)
-        elif isinstance(module, MaskFormerPixelDecoder):
-            init.xavier_uniform_(module.mask_projection.weight, gain=gain)
-            init.zeros_(module.mask_projection.bias)
-        elif isinstance(module, (MultiHeadAttention, FeedForward, MaskEmbedder)):
-            for linear in module.modules():
-                if isinstance(linear, nn.Linear):
-                    init.xavier_uniform_(linear.weight, gain=gain)
-                    init.zeros_(linear.bias)
-        elif isinstance(module, (EncoderLayer, DecoderLayer, MaskFormerTransformerModule)):
-            for norm in module.children():
-                if isinstance(norm, nn.LayerNorm):
-                    init.ones_(norm.weight)
-                    init.zeros_(norm.bias)
-            if isinstance(module, MaskFormerTransformerModule):
-                if isinstance(module.input_projection, nn.Conv2d):
-                    init.xavier_uniform_(module.input_projection.weight, gain=gain)
-                    init.zeros_(module.input_projection.bias)
-                init.normal_(module.query_embeddings.weight, std=self.config.init_std)
-        elif isinstance(module, MaskFormerForUniversalSegmentation):
-            init.xavier_uniform_(module.class_predictor.weight, gain=gain)
-            init.zeros_(module.class_predictor.bias)
+        """Initialise one module's own parameters (transformers calls this on every module of a new
+        model, and on the modules whose weights a checkpoint lacked or whose shapes it resized).
+
+        Our modules: xavier-uniform (gain ``init_xavier_std``) for linear and convolution weights, zero
+        biases, unit/zero norms, normal(``init_std``) query embeddings. The backbone keeps its library's
+        initialisation (or its ImageNet weights): its modules are marked initialised when it is built,
+        so this is only reached for backbone weights a checkpoint lacked, which get PyTorch's default
+        initialisation (``reset_parameters``).
+        """
+        if getattr(module, "_maskformer_backbone", False):
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            return
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.xavier_uniform_(module.weight, gain=self.config.init_xavier_std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=self.config.init_std)
+
+    def _initialize_missing_keys(self, *args: Any, **kwargs: Any) -> None:
+        # Loading: the backbone's "initialised by its library" marks only protect a new model's
+        # post_init; weights the checkpoint lacked must reach _init_weights (loaded ones are skipped).
+        for module in self.modules():
+            if getattr(module, "_maskformer_backbone", False):
+                module._is_hf_initialized = False
+        super()._initialize_missing_keys(*args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
@@ -142,7 +150,17 @@ class MaskFormerPreTrainedModel(PreTrainedModel):
                 )
             from .conversion import convert_from_transformers
 
-            return convert_from_transformers(pretrained_model_name_or_path, **_hub_kwargs(kwargs))
+            hub_kwargs = _hub_kwargs(kwargs)
+            model = convert_from_transformers(pretrained_model_name_or_path, **hub_kwargs)
+            loading_kwargs = {k: v for k, v in kwargs.items() if k not in hub_kwargs}
+            if not args and not loading_kwargs:
+                return model
+            # Config overrides (num_labels, id2label, ...), ignore_mismatched_sizes, dtype,
+            # output_loading_info, device_map: transformers' own loading, from the converted weights.
+            with tempfile.TemporaryDirectory() as folder:
+                model.save_pretrained(folder)
+                del model
+                return super().from_pretrained(folder, *args, **loading_kwargs)
         config = kwargs.get("config")
         if config is None:
             kwargs["use_pretrained_backbone"] = False
