@@ -141,8 +141,8 @@ class MaskFormerConfig(PretrainedConfig):
         oversample_ratio: float = 3.0,  # point mode: candidates per point for importance sampling
         importance_sample_ratio: float = 0.75,  # point mode: share of points picked by uncertainty
         # --- initialisation -----------------------------------------------------------------------
-        init_std: float = 0.02,  # std of the normal init of the query position embeddings
-        init_xavier_std: float = 1.0,  # gain of the xavier inits (pixel decoder, transformer, heads)
+        init_std: float = 0.02,  # transformers' field, kept for compatibility; layers use PyTorch's default init
+        init_xavier_std: float = 1.0,  # transformers' field, kept for compatibility; unused (as init_std)
         # --- inference ------------------------------------------------------------------------------
         stuff_label_ids: list[int] | None = None,  # "stuff" classes: one segment each in panoptic output
         **kwargs: Any,

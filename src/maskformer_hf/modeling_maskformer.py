@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbones import MaskFormerBackbone
@@ -103,38 +102,33 @@ class MaskFormerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialise one module's own parameters (transformers calls this on every module of a new
-        model, and on the modules whose weights a checkpoint lacked or whose shapes it resized).
-
-        Our modules: xavier-uniform (gain ``init_xavier_std``) for linear and convolution weights, zero
-        biases, unit/zero norms, normal(``init_std``) query embeddings. The backbone keeps its library's
-        initialisation (or its ImageNet weights): its modules are marked initialised when it is built,
-        so this is only reached for backbone weights a checkpoint lacked, which get PyTorch's default
-        initialisation (``reset_parameters``).
-        """
-        if getattr(module, "_maskformer_backbone", False):
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                reset()
+        """Every layer is initialised by its own constructor (PyTorch's defaults; the backbone by its
+        library, or with its ImageNet weights), so a new model's post_init changes nothing. When
+        loading, the layers whose weights the checkpoint lacked or resized
+        (``ignore_mismatched_sizes``) get the same default initialisation again
+        (``reset_parameters``), never uninitialised memory. ``init_std`` / ``init_xavier_std`` are
+        kept for config compatibility with transformers and not used."""
+        if not getattr(self, "_loading_missing_keys", False):
             return
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.xavier_uniform_(module.weight, gain=self.config.init_xavier_std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
-            if module.weight is not None:
-                init.ones_(module.weight)
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=self.config.init_std)
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset) and any(True for _ in module.parameters(recurse=False)):
+            reset()
 
     def _initialize_missing_keys(self, *args: Any, **kwargs: Any) -> None:
-        # Loading: the backbone's "initialised by its library" marks only protect a new model's
-        # post_init; weights the checkpoint lacked must reach _init_weights (loaded ones are skipped).
+        # Only here (loading) does _init_weights act; modules whose weights were all loaded are
+        # skipped by transformers, and the backbone's "initialised by its library" marks (which keep a
+        # new model's post_init away from it) are lifted so that its missing weights are reached too.
+        models = [m for m in self.modules() if isinstance(m, MaskFormerPreTrainedModel)]
         for module in self.modules():
             if getattr(module, "_maskformer_backbone", False):
                 module._is_hf_initialized = False
-        super()._initialize_missing_keys(*args, **kwargs)
+        for model in models:
+            model._loading_missing_keys = True
+        try:
+            super()._initialize_missing_keys(*args, **kwargs)
+        finally:
+            for model in models:
+                model._loading_missing_keys = False
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
