@@ -69,15 +69,6 @@ def _mark_initialised(module: nn.Module) -> None:
         submodule._is_hf_initialized = True
 
 
-def _mark_library_init(module: nn.Module) -> None:
-    """A timm backbone comes initialised by timm (or with its ImageNet weights): its modules are
-    marked so that the enclosing model's post_init leaves them alone, and tagged so that weights a
-    checkpoint lacked still get initialised (see ``MaskFormerPreTrainedModel._initialize_missing_keys``)."""
-    for submodule in module.modules():
-        submodule._is_hf_initialized = True
-        submodule._maskformer_backbone = True
-
-
 def _build_transformers(config: MaskFormerConfig) -> nn.Module:
     from transformers import AutoBackbone
     from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
@@ -131,7 +122,6 @@ class MaskFormerBackbone(nn.Module):
             self._channels_last = False
         else:
             self.body = _build_timm(config)
-            _mark_library_init(self.body)
             reductions = list(self.body.feature_info.reduction())
             self._indices = []
             for stride in STRIDES:

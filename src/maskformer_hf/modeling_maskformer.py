@@ -108,20 +108,13 @@ class MaskFormerPreTrainedModel(PreTrainedModel):
         (``ignore_mismatched_sizes``) get the same default initialisation again
         (``reset_parameters``), never uninitialised memory. ``init_std`` / ``init_xavier_std`` are
         kept for config compatibility with transformers and not used."""
-        if not getattr(self, "_loading_missing_keys", False):
-            return
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset) and any(True for _ in module.parameters(recurse=False)):
-            reset()
+        if getattr(self, "_loading_missing_keys", False) and callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
 
     def _initialize_missing_keys(self, *args: Any, **kwargs: Any) -> None:
-        # Only here (loading) does _init_weights act; modules whose weights were all loaded are
-        # skipped by transformers, and the backbone's "initialised by its library" marks (which keep a
-        # new model's post_init away from it) are lifted so that its missing weights are reached too.
+        # Only here (loading) does _init_weights act; transformers skips the modules whose weights
+        # were all loaded. Nested models (the base model inside the task model) act too.
         models = [m for m in self.modules() if isinstance(m, MaskFormerPreTrainedModel)]
-        for module in self.modules():
-            if getattr(module, "_maskformer_backbone", False):
-                module._is_hf_initialized = False
         for model in models:
             model._loading_missing_keys = True
         try:

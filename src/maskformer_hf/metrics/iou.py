@@ -65,7 +65,7 @@ def reduce_labels_map(label_map: Tensor, ignore_index: int = 255) -> Tensor:
     """ADE20K-style label reduction: 0 ("other") -> ``ignore_index``, k -> k - 1, and a value already
     equal to ``ignore_index`` stays ignored (as in the Hub's ``mean_iou``); `(H, W)` -> `(H, W)`."""
     ignored = (label_map == 0) | (label_map == ignore_index)
-    return torch.where(ignored, torch.full_like(label_map, ignore_index), label_map - 1)
+    return torch.where(ignored, ignore_index, label_map - 1)
 
 
 def confusion_matrix(
