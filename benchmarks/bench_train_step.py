@@ -4,12 +4,15 @@
     python benchmarks/bench_train_step.py                   # Swin-T, batch 2, 512x512, 12 segments/image
     python benchmarks/bench_train_step.py --steps 3 --size 256
 
-Each variant runs in its own process (so that peak memory, the process's max RSS, is its own):
-``transformers`` (``use_auxiliary_loss=True``, which needs ``output_hidden_states=True`` to run),
-``ours`` (same weights, converted; deep supervision on, exact loss) and ``ours-points`` (the
-point-sampled loss, 112x112 points). The same random images and masks are used by all. Reported:
-median step time, peak RSS, and for ours the share of the step spent in matching + loss (forward
-and backward of the loss, timed by running the step once more with the loss's inputs detached).
+Variants: ``transformers`` (``use_auxiliary_loss=True``, which needs ``output_hidden_states=True``
+to run), ``ours`` (the same weights, converted; deep supervision on, the exact loss) and
+``ours-points`` (the point-sampled loss, 112x112 points). All use the same random images and masks.
+
+Each variant lives in its own process (its own allocator; its max RSS is its peak memory), and
+the processes take turns: one step each per round, the order rotating, one running at a time, so
+that a slower or faster spell of a shared machine affects all of them alike. Reported: each
+variant's median step, its peak RSS after the timed steps, and for ours the share of the step
+spent in matching + loss (forward and backward of the loss, timed in extra steps afterwards).
 """
 
 from __future__ import annotations
@@ -31,16 +34,18 @@ def make_batch(batch_size: int, size: int, segments: int, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(batch_size, 3, size, size, generator=generator)
     mask_labels, class_labels = [], []
+    cell = max(1, size // 16)
     for _ in range(batch_size):
-        ids = torch.randint(0, segments, (size // 32, size // 32), generator=generator)
+        ids = torch.randint(0, segments, (size // cell, size // cell), generator=generator)
         ids.view(-1)[:segments] = torch.arange(segments)  # every segment present
-        ids = ids.repeat_interleave(32, 0).repeat_interleave(32, 1)
+        ids = ids.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
         mask_labels.append(torch.stack([(ids == k).float() for k in range(segments)]))
         class_labels.append(torch.randperm(150, generator=generator)[:segments])
     return pixel_values, mask_labels, class_labels
 
 
-def build(variant: str):
+def build_all(variants: list[str]) -> dict[str, torch.nn.Module]:
+    """The requested variants with identical weights (ours converted from the transformers model)."""
     from transformers import MaskFormerConfig as HFMaskFormerConfig
     from transformers import MaskFormerForInstanceSegmentation, SwinConfig
 
@@ -52,36 +57,60 @@ def build(variant: str):
     hf_model = MaskFormerForInstanceSegmentation(
         HFMaskFormerConfig(backbone_config=backbone, num_labels=150, use_auxiliary_loss=True)
     )
-    if variant == "transformers":
-        return hf_model
-    model = convert_from_transformers(hf_model)
-    del hf_model
-    model.config.use_auxiliary_loss = True
-    if variant == "ours-points":
-        model.criterion.num_points = 112 * 112
-    return model
+    models = {}
+    for variant in variants:
+        if variant == "transformers":
+            models[variant] = hf_model
+            continue
+        model = convert_from_transformers(hf_model)
+        model.config.use_auxiliary_loss = True
+        if variant == "ours-points":
+            model.criterion.num_points = 112 * 112
+        models[variant] = model
+    return {name: model.train() for name, model in models.items()}
 
 
-def run_variant(variant: str, steps: int, batch_size: int, size: int, segments: int) -> dict:
-    model = build(variant).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    pixel_values, mask_labels, class_labels = make_batch(batch_size, size, segments)
-    kwargs = {"output_hidden_states": True} if variant == "transformers" else {}
+class Stepper:
+    """One variant's training step on a fixed batch."""
 
-    def step() -> float:
+    def __init__(self, variant: str, model: torch.nn.Module, batch, precision: str = "fp32") -> None:
+        self.variant, self.model, self.batch = variant, model, batch
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.kwargs = {"output_hidden_states": True} if variant == "transformers" else {}
+
+    def __call__(self) -> float:
+        pixel_values, mask_labels, class_labels = self.batch
         start = time.perf_counter()
-        out = model(pixel_values=pixel_values, mask_labels=mask_labels, class_labels=class_labels, **kwargs)
-        optimizer.zero_grad(set_to_none=True)
+        with self.autocast:
+            out = self.model(pixel_values=pixel_values, mask_labels=mask_labels, class_labels=class_labels,
+                             **self.kwargs)
+        self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        optimizer.step()
+        self.optimizer.step()
         return time.perf_counter() - start
 
-    times = [step() for _ in range(steps + 1)][1:]  # the first step warms up allocators and AdamW state
-    result = {"variant": variant, "step_s": statistics.median(times), "steps": times}
-    if variant != "transformers":
-        result["loss_s"] = loss_share(model, pixel_values, mask_labels, class_labels, steps)
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    return result
+
+def serve(variant: str, batch, precision: str) -> None:
+    """Child process: build one variant, then answer the parent's commands on stdin, one JSON line each:
+    ``step`` (seconds of one training step), ``memory`` (peak RSS so far, GB), ``loss <n>`` (matching +
+    loss seconds over n extra steps)."""
+    model = build_all([variant])[variant]
+    stepper = Stepper(variant, model, batch, precision)
+    stepper()  # warm-up: allocators, AdamW state
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        command, *rest = line.split()
+        if command == "step":
+            answer = {"step_s": stepper()}
+        elif command == "memory":
+            answer = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+        elif command == "loss":
+            with stepper.autocast:
+                answer = {"loss_s": loss_share(model, *batch, int(rest[0]))}
+        else:
+            return
+        print(json.dumps(answer), flush=True)
 
 
 def loss_share(model, pixel_values, mask_labels, class_labels, steps: int) -> float:
@@ -131,30 +160,73 @@ def loss_share(model, pixel_values, mask_labels, class_labels, steps: int) -> fl
     return statistics.median(timings)
 
 
+class Child:
+    """A variant's own process (its own allocator and peak RSS), driven one command at a time."""
+
+    def __init__(self, args, variant: str) -> None:
+        cmd = [sys.executable, __file__, "--serve", variant, "--batch-size", str(args.batch_size), "--size",
+               str(args.size), "--segments", str(args.segments), "--precision", args.precision]
+        self.variant = variant
+        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ask(None)
+
+    def ask(self, command: str | None) -> dict:
+        if command is not None:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.variant} failed (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def run(args) -> dict:
+    """Interleaved timed rounds over all variants' processes (one runs at a time), then memory and loss share."""
+    children = []
+    try:
+        for variant in args.variants:  # built one after the other, so that no build overlaps a timed step
+            children.append(Child(args, variant))
+        times: dict[str, list[float]] = {c.variant: [] for c in children}
+        for round_index in range(args.steps):
+            shift = round_index % len(children)
+            for c in children[shift:] + children[:shift]:
+                times[c.variant].append(c.ask("step")["step_s"])
+        results = {}
+        for c in children:
+            results[c.variant] = {"step_s": statistics.median(times[c.variant]), "steps": times[c.variant],
+                                  **c.ask("memory")}
+            if c.variant != "transformers":
+                results[c.variant].update(c.ask(f"loss {args.steps}"))
+        return results
+    finally:
+        for c in children:
+            c.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--variants", nargs="+", default=["transformers", "ours", "ours-points"])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="timed rounds (each variant once per round)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--segments", type=int, default=12)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: every variant under torch.autocast('cpu', dtype=torch.bfloat16)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/train_step.json"))
     args = parser.parse_args()
-    if args.variant:  # child process
-        print(json.dumps(run_variant(args.variant, args.steps, args.batch_size, args.size, args.segments)))
+    if args.serve:  # a variant's process
+        serve(args.serve, make_batch(args.batch_size, args.size, args.segments), args.precision)
         return
 
-    results = {}
-    for variant in args.variants:
-        cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps), "--batch-size",
-               str(args.batch_size), "--size", str(args.size), "--segments", str(args.segments)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run(args)
     print(f"training step, Swin-T, batch {args.batch_size}, {args.size}x{args.size}, {args.segments} segments per "
-          f"image, deep supervision on, AdamW; {args.steps} timed steps (median), torch {torch.__version__}")
+          f"image, deep supervision on, AdamW, {args.precision}; {args.steps} interleaved rounds (median), torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads")
     base = results.get("transformers")
     for variant, r in results.items():
         line = f"{variant:>13}: {r['step_s']:.2f} s/step, peak RSS {r['peak_rss_gb']:.2f} GB"
