@@ -1,5 +1,7 @@
 """The set loss: exact against transformers, fused path against the plain functions, robust."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,6 +81,38 @@ def test_fused_mask_loss_matches_autograd(low, high):
     torch.testing.assert_close(focal, ref_focal.float(), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(dice, ref_dice.float(), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(fused_grad.float(), logits.grad.float(), atol=1e-7, rtol=1e-4)
+
+
+@pytest.mark.parametrize("weights, used", [((20.0, 1.0), "both"), ((20.0, 1.0), "focal"), ((20.0, 1.0), "dice"),
+                                           ((0.0, 1.0), "both")])
+def test_fused_mask_loss_announced_weights(weights, used):
+    """The gradient formed in forward for ``w_f focal + w_d dice`` serves that combination (any per-mask
+    scale); other combinations (one term only) are recomputed; both equal autograd."""
+    torch.manual_seed(1)
+    logits = (4 * torch.randn(6, 9, 11, dtype=torch.float64)).requires_grad_()
+    targets = (torch.rand(2, 36, 44) > 0.5).to(torch.float64)
+    index = torch.tensor([1, 0, 1, 1, 0, 1])
+    scale = torch.rand(6, dtype=torch.float64) + 0.5
+
+    def combine(focal, dice):
+        terms = {"both": weights[0] * focal + weights[1] * dice, "focal": focal, "dice": dice}[used]
+        return (terms * scale).sum()
+
+    combine(*BinaryMaskLoss.apply(logits, targets, index, 0.25, 2.0, 4, weights)).backward()
+    fused_grad, logits.grad = logits.grad.clone(), None
+    up = F.interpolate(logits[:, None], size=(36, 44), mode="bilinear", align_corners=False).flatten(1)
+    combine(sigmoid_focal_loss(up, targets[index].flatten(1)), dice_loss(up, targets[index].flatten(1))).backward()
+    torch.testing.assert_close(fused_grad, logits.grad, atol=1e-7, rtol=1e-4)
+
+
+def test_fused_mask_loss_extreme_logits_stay_finite():
+    logits = torch.tensor([[[-200.0, 120.0], [0.0, 90.0]]]).requires_grad_()
+    targets = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    focal, dice = BinaryMaskLoss.apply(logits, targets, torch.tensor([0]), 0.25, 2.0, 4, (20.0, 1.0))
+    (20 * focal + dice).sum().backward()
+    assert torch.isfinite(focal).all() and torch.isfinite(dice).all() and torch.isfinite(logits.grad).all()
+    # pixel (0, 0): t = 1 at logit -200: alpha * 1 * softplus(200) = 50; (0, 1): t = 0 at 120: 0.75 * 120 = 90
+    assert focal.item() == pytest.approx((0.25 * 200 + 0.75 * 120 + 0.25 * math.log(2) * 0.25 + 0) / 4, rel=1e-5)
 
 
 @pytest.mark.parametrize("low, high", [((5, 7), (20, 28)), ((3, 9), (6, 18)), ((6, 4), (6, 4)), ((4, 4), (12, 12)),

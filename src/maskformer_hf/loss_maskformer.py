@@ -62,69 +62,110 @@ def upsample_bilinear_adjoint(grad: Tensor, size: tuple[int, int]) -> Tensor:
     return rows.T @ (grad @ cols)
 
 
+def fused_binary_mask_terms(logits: Tensor, targets: Tensor, target_index: Tensor, alpha: float, gamma: float,
+                            focal_weight: Tensor, dice_weight: Tensor, chunk: int = 4,
+                            need_grad: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per-mask focal (mean over pixels) and dice of upsampled logits against binary targets, and the
+    low-resolution gradient of ``sum_i focal_weight[i] focal[i] + dice_weight[i] dice[i]``.
+
+    Args:
+        logits: `(M, h, w)` mask logits; mask i is upsampled bilinearly (align_corners=False) to `(H, W)`
+            and compared with ``targets[target_index[i]]``.
+        targets: `(T, H, W)` binary masks.
+        target_index: `(M,)` int64.
+        focal_weight, dice_weight: `(M,)` weights of the gradient (not of the returned losses).
+        chunk: masks per step; the masks of one target are processed together, sharing its maps.
+
+    Returns:
+        ``(focal (M,), dice (M,), grad (M, h, w) or None)``, all float32.
+
+    With sign ``n = 1 - 2t`` (+1 where t = 0), ``u = n x`` and ``q = sigmoid(u) = 1 - p_t``:
+    focal = alpha_t q^gamma softplus(u), d focal / dx = n alpha_t q^gamma (gamma (1 - q) softplus(u) + q);
+    dice = 1 - N / D with N = 2 sum(p t) + 1, D = sum(p) + sum(t) + 1, d dice / dx = (N / D^2 - 2t / D) q (1 - q).
+    ``softplus(u) = max(u, 0) - log(max(q, 1 - q))``: one fast ``log`` on [1/2, 1] (absolute error below
+    1e-7) instead of ATen's unvectorised ``log1p``; the sums over t are matrix-vector products.
+    """
+    with torch.autocast(logits.device.type, enabled=False):  # fp32 throughout, also under autocast
+        return _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_weight, dice_weight,
+                                        chunk, need_grad)
+
+
+def _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_weight, dice_weight, chunk,
+                             need_grad):
+    num_masks, height, width = logits.shape[0], targets.shape[-2], targets.shape[-1]
+    num_pixels = height * width
+    focal = logits.new_empty(num_masks, dtype=torch.float32)
+    dice = logits.new_empty(num_masks, dtype=torch.float32)
+    grad = logits.new_empty(num_masks, *logits.shape[-2:], dtype=torch.float32) if need_grad else None
+    for target in target_index.unique().tolist():
+        t = (targets[target] > 0.5).float()  # (H, W)
+        t_flat = t.view(-1)
+        sum_t = t_flat.sum()
+        neg_sign = 1 - 2 * t  # n
+        alpha_t = neg_sign * (0.5 - alpha) + 0.5  # alpha where t = 1, 1 - alpha where t = 0
+        for part in (target_index == target).nonzero()[:, 0].split(chunk):
+            m = part.numel()
+            u = F.interpolate(logits[part, None].float(), size=(height, width), mode="bilinear",
+                              align_corners=False)[:, 0].mul_(neg_sign)
+            q = torch.sigmoid(u)
+            one_minus_q = 1 - q
+            softplus = torch.clamp(u, min=0).sub_(torch.maximum(q, one_minus_q).log_())
+            weighted = (q * q if gamma == 2 else q.pow(gamma)).mul_(alpha_t)  # alpha_t q^gamma
+            focal[part] = torch.einsum("mp,mp->m", weighted.view(m, -1), softplus.view(m, -1)) / num_pixels
+            sum_q = q.sum((1, 2))
+            sum_tq = q.view(m, -1) @ t_flat  # sum over t = 1 of (1 - p)
+            numerator = 2 * (sum_t - sum_tq) + 1
+            denominator = sum_q - 2 * sum_tq + 2 * sum_t + 1
+            dice[part] = 1 - numerator / denominator
+            if not need_grad:
+                continue
+            # focal part: n alpha_t q^gamma (gamma (1 - q) softplus + q) * w_f / P
+            full = torch.addcmul(q, one_minus_q, softplus, value=gamma).mul_(weighted)
+            full.mul_(neg_sign).mul_((focal_weight[part] / num_pixels)[:, None, None])
+            # dice part: w_d q (1 - q) (A + B t) with A = N / D^2, B = -2 / D
+            coef_a = (dice_weight[part] * numerator / denominator**2)[:, None, None]
+            coef_b = (-2 * dice_weight[part] / denominator)[:, None, None]
+            full.addcmul_(one_minus_q.mul_(q), torch.where(t.bool(), coef_a + coef_b, coef_a))
+            grad[part] = upsample_bilinear_adjoint(full, logits.shape[-2:])
+    return focal, dice, grad
+
+
 class BinaryMaskLoss(torch.autograd.Function):
-    """Per-mask focal (mean over pixels) and dice of upsampled logits against binary targets.
+    """Per-mask focal (mean over pixels) and dice of upsampled logits against binary targets
+    (:func:`fused_binary_mask_terms`), with a gradient that never holds full-resolution activations.
 
-    ``forward(logits (M, h, w), targets (T, H, W), target_index (M,), alpha, gamma, chunk)`` returns
-    ``(focal (M,), dice (M,))`` where mask i is compared with ``targets[target_index[i]]`` after a
-    bilinear upsampling (align_corners=False) of ``logits[i]`` to `(H, W)`.
-
-    With a binary target t, sign s = 2t - 1, z = s x, q = sigmoid(-z) = 1 - p_t:
-    focal = alpha_t q^gamma softplus(-z), d focal / dx = -s alpha_t q^gamma (gamma (1 - q) softplus(-z) + q);
-    dice = 1 - N / D with N = 2 sum(p t) + 1, D = sum(p) + sum(t) + 1, where sum(p t) = sum(t) - sum(t q)
-    and sum(p) = sum(t) + sum(q) - 2 sum(t q); d dice / dx = (N / D^2 - 2 t / D) q (1 - q).
-    Loss and gradient are computed together, ``chunk`` masks at a time, and only the gradient's
-    low-resolution adjoint is kept for backward.
+    ``forward(logits (M, h, w), targets (T, H, W), target_index (M,), alpha, gamma, chunk, weights)``
+    returns ``(focal (M,), dice (M,))``. ``weights = (w_focal, w_dice)`` announces how the two will be
+    combined (MaskFormer: 20 and 1): forward then computes the gradient of that combination alongside
+    the loss and keeps only its low-resolution adjoint. Backward uses it whenever the incoming
+    gradients are in that ratio (per mask); any other combination (e.g. only one term used) is
+    recomputed exactly.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, target_index: Tensor, alpha: float, gamma: float,
-                chunk: int) -> tuple[Tensor, Tensor]:
-        num_masks, height, width = logits.shape[0], targets.shape[-2], targets.shape[-1]
-        num_pixels = height * width
+                chunk: int, weights: tuple[float, float] | None = None) -> tuple[Tensor, Tensor]:
+        weights = (1.0, 1.0) if weights is None else (float(weights[0]), float(weights[1]))
         need_grad = ctx.needs_input_grad[0]
-        focal = logits.new_empty(num_masks, dtype=torch.float32)
-        dice = logits.new_empty(num_masks, dtype=torch.float32)
-        grads = logits.new_empty(2, num_masks, *logits.shape[-2:], dtype=torch.float32) if need_grad else None
-        positive = targets > 0.5  # (T, H, W)
-        target_sums = positive.sum((1, 2)).float()
-        neg_sign = 1 - 2 * positive.float()  # -s: +1 where t = 0, -1 where t = 1
-        alpha_t = neg_sign * (0.5 - alpha) + 0.5  # alpha where t = 1, 1 - alpha where t = 0
-        for start in range(0, num_masks, chunk):
-            part = slice(start, start + chunk)
-            index = target_index[part]
-            x = F.interpolate(logits[part, None].float(), size=(height, width), mode="bilinear", align_corners=False)
-            ns = neg_sign[index]
-            minus_z = x[:, 0].mul_(ns)
-            q = torch.sigmoid(minus_z)  # 1 - p_t
-            softplus = F.softplus(minus_z)  # -log p_t
-            weighted = (q * q if gamma == 2 else q.pow(gamma)).mul_(alpha_t[index])  # alpha_t q^gamma
-            focal[part] = (weighted * softplus).sum((1, 2)) / num_pixels
-            sum_q = q.sum((1, 2))
-            sum_tq = (sum_q - (q * ns).sum((1, 2))) / 2  # t = (1 - ns) / 2
-            sum_t = target_sums[index]
-            numerator = 2 * (sum_t - sum_tq) + 1
-            denominator = 2 * sum_t + sum_q - 2 * sum_tq + 1
-            dice[part] = 1 - numerator / denominator
-            if need_grad:
-                pair = x.new_empty(2, *minus_z.shape)  # d focal / dx, d dice / dx at full resolution
-                one_minus_q = 1 - q
-                torch.mul(q, one_minus_q, out=pair[1])  # p (1 - p)
-                q.addcmul_(softplus, one_minus_q, value=gamma).mul_(ns).div_(num_pixels)
-                torch.mul(q, weighted, out=pair[0])
-                # N / D^2 - 2 t / D = A + B ns with A = N / D^2 - 1 / D, B = 1 / D.
-                coef_a = (numerator / denominator**2 - 1 / denominator)[:, None, None]
-                pair[1].mul_(ns.mul_((1 / denominator)[:, None, None]).add_(coef_a))
-                grads[:, part] = upsample_bilinear_adjoint(pair.flatten(0, 1), logits.shape[-2:]).unflatten(0, (2, -1))
-        ctx.save_for_backward(grads)
-        ctx.input_dtype = logits.dtype
+        ones = torch.ones(logits.shape[0], device=logits.device)
+        focal, dice, grad = fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, weights[0] * ones,
+                                                    weights[1] * ones, chunk, need_grad)
+        ctx.save_for_backward(logits, targets, target_index, grad)
+        ctx.options = (alpha, gamma, chunk, weights)
         return focal, dice
 
     @staticmethod
-    def backward(ctx, grad_focal_out: Tensor, grad_dice_out: Tensor):
-        (grads,) = ctx.saved_tensors
-        grad = grads[0] * grad_focal_out[:, None, None] + grads[1] * grad_dice_out[:, None, None]
-        return grad.to(ctx.input_dtype), None, None, None, None, None
+    def backward(ctx, grad_focal: Tensor, grad_dice: Tensor):
+        logits, targets, target_index, grad = ctx.saved_tensors
+        alpha, gamma, chunk, (w_focal, w_dice) = ctx.options
+        scale = grad_focal / w_focal if w_focal != 0 else grad_dice / w_dice
+        if (grad is not None and torch.allclose(scale * w_focal, grad_focal, rtol=1e-6, atol=0)
+                and torch.allclose(scale * w_dice, grad_dice, rtol=1e-6, atol=0)):
+            result = grad * scale[:, None, None]
+        else:  # another combination of the two terms: recompute its gradient exactly
+            result = fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, grad_focal.float(),
+                                             grad_dice.float(), chunk)[2]
+        return result.to(logits.dtype), None, None, None, None, None, None
 
 
 def _is_binary(masks: Tensor) -> bool:
@@ -270,7 +311,7 @@ class MaskFormerLoss(nn.Module):
             dice = dice_loss(point_logits, point_targets)
         elif _is_binary(targets):
             focal, dice = BinaryMaskLoss.apply(preds_t, targets, target_index_t, self.focal_alpha, self.focal_gamma,
-                                               self.chunk)
+                                               self.chunk, (self.weights["loss_mask"], self.weights["loss_dice"]))
         else:  # soft targets: the plain functions, through autograd
             upsampled = F.interpolate(preds_t[:, None].float(), size=targets.shape[-2:], mode="bilinear",
                                       align_corners=False).flatten(1)

@@ -53,8 +53,8 @@ def pairwise_mask_costs(mask_logits: Tensor, targets: Tensor, alpha: float = 0.2
 
     The predictions are walked ``rows`` at a time through preallocated buffers, so every elementwise
     step runs in cache; ``softplus(x) = x - logsigmoid(x)`` and ``softplus(-x) = -logsigmoid(x)``
-    share one transcendental. About 4x faster than the two functions on a CPU, same numbers up to
-    float rounding.
+    share one transcendental, a ``log`` of ``max(p, 1 - p)``. Several times faster than the two
+    functions on a CPU, same numbers up to float rounding.
 
     Args:
         mask_logits: `(M, P)` logits over P pixels (or points).
@@ -78,7 +78,11 @@ def pairwise_mask_costs(mask_logits: Tensor, targets: Tensor, alpha: float = 0.2
         n, part = x.shape[0], slice(start, start + x.shape[0])
         lp, p, fn, fp = log_prob[:n], prob[:n], neg[:n], pos[:n]
         torch.sigmoid(x, out=p)
-        lp.copy_(F.logsigmoid(x))  # -softplus(-x)
+        # logsigmoid(x) = log(max(p, 1 - p)) - max(-x, 0): a fast log on [1/2, 1] (ATen's logsigmoid
+        # and softplus use an unvectorised log1p and are ~10x slower on a CPU)
+        torch.sub(1, p, out=lp)
+        torch.maximum(p, lp, out=lp).log_()
+        lp.add_(torch.clamp(x, max=0))  # = -softplus(-x)
         torch.sub(x, lp, out=fn)  # softplus(x)
         fn.mul_(p * p if gamma == 2 else p.pow(gamma))  # p^gamma softplus(x): the loss if the target is 0, / (1 - alpha)
         torch.sub(1, p, out=fp)
