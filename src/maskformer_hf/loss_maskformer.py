@@ -111,21 +111,21 @@ def _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_
             one_minus_q = 1 - q
             softplus = torch.clamp(u, min=0).sub_(torch.maximum(q, one_minus_q).log_())
             weighted = (q * q if gamma == 2 else q.pow(gamma)).mul_(alpha_t)  # alpha_t q^gamma
-            focal[part] = torch.einsum("mp,mp->m", weighted.view(m, -1), softplus.view(m, -1)) / num_pixels
             sum_q = q.sum((1, 2))
             sum_tq = q.view(m, -1) @ t_flat  # sum over t = 1 of (1 - p)
             numerator = 2 * (sum_t - sum_tq) + 1
             denominator = sum_q - 2 * sum_tq + 2 * sum_t + 1
             dice[part] = 1 - numerator / denominator
+            full = torch.addcmul(q, one_minus_q, softplus, value=gamma) if need_grad else None
+            focal[part] = softplus.mul_(weighted).sum((1, 2)) / num_pixels
             if not need_grad:
                 continue
             # focal part: n alpha_t q^gamma (gamma (1 - q) softplus + q) * w_f / P
-            full = torch.addcmul(q, one_minus_q, softplus, value=gamma).mul_(weighted)
-            full.mul_(neg_sign).mul_((focal_weight[part] / num_pixels)[:, None, None])
+            full.mul_(weighted).mul_(neg_sign).mul_((focal_weight[part] / num_pixels)[:, None, None])
             # dice part: w_d q (1 - q) (A + B t) with A = N / D^2, B = -2 / D
-            coef_a = (dice_weight[part] * numerator / denominator**2)[:, None, None]
             coef_b = (-2 * dice_weight[part] / denominator)[:, None, None]
-            full.addcmul_(one_minus_q.mul_(q), torch.where(t.bool(), coef_a + coef_b, coef_a))
+            coef = (t * coef_b).add_((dice_weight[part] * numerator / denominator**2)[:, None, None])
+            full.addcmul_(one_minus_q.mul_(q), coef)
             grad[part] = upsample_bilinear_adjoint(full, logits.shape[-2:])
     return focal, dice, grad
 
