@@ -190,6 +190,8 @@ def run(args) -> dict:
     try:
         for variant in args.variants:  # built one after the other, so that no build overlaps a timed step
             children.append(Child(args, variant))
+        for c in children:  # one untimed round once all are built (the first after a build runs slow)
+            c.ask("step")
         times: dict[str, list[float]] = {c.variant: [] for c in children}
         for round_index in range(args.steps):
             shift = round_index % len(children)

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from maskformer_hf import MaskFormerForUniversalSegmentation, convert_from_transformers
-from maskformer_hf.loss_maskformer import (BinaryMaskLoss, MaskFormerLoss, dice_loss, sigmoid_focal_loss,
-                                           upsample_bilinear_adjoint)
+from maskformer_hf.loss_maskformer import (BinaryMaskLoss, MaskFormerLoss, dice_loss, sample_targets,
+                                           sigmoid_focal_loss, upsample_bilinear_adjoint)
 from maskformer_hf.matching import (hungarian_match, pairwise_dice_cost, pairwise_mask_costs,
-                                    pairwise_sigmoid_focal_cost, solve_assignment)
+                                    pairwise_sigmoid_focal_cost, point_sample, point_sample_shared,
+                                    solve_assignment)
 
 from conftest import tiny_config, tiny_hf_model
 
@@ -245,6 +246,19 @@ def test_point_mode_trains():
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert model.model.pixel_decoder.mask_projection.weight.grad.abs().sum() > 0
+
+
+def test_point_sampling_shortcuts_equal_per_mask_sampling():
+    torch.manual_seed(0)
+    maps = torch.randn(7, 13, 17)
+    coords = torch.rand(50, 2)
+    per_mask = point_sample(maps[:, None], coords.expand(7, -1, -1))
+    torch.testing.assert_close(point_sample_shared(maps, coords), per_mask, atol=1e-6, rtol=1e-6)
+    targets = (torch.rand(3, 40, 31) > 0.5).float()
+    index = torch.tensor([2, 0, 2, 2, 1])
+    mask_coords = torch.rand(5, 60, 2)
+    gathered = point_sample(targets[index][:, None], mask_coords)
+    torch.testing.assert_close(sample_targets(targets, index, mask_coords), gathered, atol=1e-6, rtol=1e-6)
 
 
 def test_explicit_num_masks_scales_the_mask_terms():

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .matching import Indices, check_num_segments, fixed_match, hungarian_match, point_sample
+from .matching import (Indices, check_num_segments, fixed_match, hungarian_match, point_sample,
+                       point_sample_shared)
 
 
 # --- plain reference functions (any targets, autograd) -------------------------------------------
@@ -188,10 +189,27 @@ def uncertain_points(logits: Tensor, num_points: int, oversample_ratio: float, i
                             device=logits.device)
     uncertainty = -point_sample(logits[:, None].detach().float(), candidates).abs()
     num_uncertain = int(importance_sample_ratio * num_points)
-    top = uncertainty.topk(num_uncertain, dim=1).indices
+    top = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices  # the set matters, not its order
     chosen = torch.gather(candidates, 1, top[..., None].expand(-1, -1, 2))
     rest = torch.rand(num_masks, num_points - num_uncertain, 2, generator=generator, device=logits.device)
     return torch.cat([chosen, rest], dim=1)
+
+
+def sample_targets(targets: Tensor, target_index: Tensor, coords: Tensor) -> Tensor:
+    """Bilinear samples of ``targets[target_index[i]]`` at mask i's points, without gathering full maps.
+
+    Args:
+        targets: `(T, H, W)`; target_index: `(M,)`; coords: `(M, P, 2)` in [0, 1]^2 (x, y).
+
+    Returns:
+        `(M, P)` float32; the masks of one target are sampled together from its single map.
+    """
+    samples = coords.new_empty(coords.shape[:2], dtype=torch.float32)
+    for target in target_index.unique().tolist():
+        rows = (target_index == target).nonzero()[:, 0]
+        points = coords[rows].reshape(-1, 2)  # every point of these masks, on one map
+        samples[rows] = point_sample_shared(targets[target][None].float(), points).view(rows.numel(), -1)
+    return samples
 
 
 class MaskFormerLoss(nn.Module):
@@ -306,7 +324,7 @@ class MaskFormerLoss(nn.Module):
         if self.num_points:
             coords = uncertain_points(preds_t, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
             point_logits = point_sample(preds_t[:, None].float(), coords)
-            point_targets = point_sample(targets[target_index_t][:, None].float(), coords)
+            point_targets = sample_targets(targets, target_index_t, coords)
             focal = sigmoid_focal_loss(point_logits, point_targets, self.focal_alpha, self.focal_gamma)
             dice = dice_loss(point_logits, point_targets)
         elif _is_binary(targets):

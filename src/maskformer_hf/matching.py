@@ -159,9 +159,11 @@ def hungarian_match(
         preds = mask_logits[:, b].float()  # (L, Q, h, w)
         targets = mask_labels[b].float()
         if num_points:
-            coords = torch.rand(1, num_points, 2, generator=generator, device=preds.device)
+            coords = torch.rand(num_points, 2, generator=generator, device=preds.device)
+            # Per-map sampling is ~3x faster than one many-channel grid_sample for the L*Q predictions
+            # (channel-strided reads); the few targets share one call.
             preds = point_sample(preds.flatten(0, 1)[:, None], coords.expand(preds.shape[0] * num_queries, -1, -1))
-            targets = point_sample(targets[:, None], coords.expand(targets.shape[0], -1, -1))
+            targets = point_sample_shared(targets, coords)
         else:
             targets = F.interpolate(targets[:, None], size=preds.shape[-2:], mode="nearest")[:, 0].flatten(1)
             preds = preds.flatten(0, 1).flatten(1)  # (L*Q, h*w)
@@ -195,6 +197,17 @@ def point_sample(inputs: Tensor, coords: Tensor) -> Tensor:
     return F.grid_sample(inputs, grid.to(inputs.dtype), mode="bilinear", align_corners=False)[:, 0, :, 0]
 
 
+def point_sample_shared(maps: Tensor, coords: Tensor) -> Tensor:
+    """Bilinear samples of `(C, H, W)` maps at the same `(P, 2)` points in [0, 1]^2 (x, y) -> `(C, P)`.
+
+    The maps are the channels of one image, so the interpolation weights are computed once for all
+    of them; the numbers equal :func:`point_sample` with the points repeated per map. Fast for a few
+    large maps (targets); for hundreds of small ones :func:`point_sample` with repeated points is faster.
+    """
+    grid = (2.0 * coords - 1.0)[None, :, None, :]  # (1, P, 1, 2)
+    return F.grid_sample(maps[None], grid.to(maps.dtype), mode="bilinear", align_corners=False)[0, :, :, 0]
+
+
 __all__ = [
     "fixed_match",
     "hungarian_match",
@@ -203,6 +216,7 @@ __all__ = [
     "pairwise_mask_costs",
     "pairwise_sigmoid_focal_cost",
     "point_sample",
+    "point_sample_shared",
     "solve_assignment",
 ]
 
