@@ -8,11 +8,12 @@ Variants: ``transformers`` (``use_auxiliary_loss=True``, which needs ``output_hi
 to run), ``ours`` (the same weights, converted; deep supervision on, the exact loss) and
 ``ours-points`` (the point-sampled loss, 112x112 points). All use the same random images and masks.
 
-Each variant lives in its own process (its own allocator; its max RSS is its peak memory), and
-the processes take turns: one step each per round, the order rotating, one running at a time, so
-that a slower or faster spell of a shared machine affects all of them alike. Reported: each
-variant's median step, its peak RSS after the timed steps, and for ours the share of the step
-spent in matching + loss (forward and backward of the loss, timed in extra steps afterwards).
+Each variant runs alone in a fresh process (its own allocator; its max RSS is its peak memory;
+a second live process, even idle, slowed every step here by 20-25 %), ``--repeats`` times in
+alternating order so that a slower or faster spell of a shared machine affects all variants alike.
+Reported: each variant's median step over all repeats, its peak RSS after the timed steps of the
+first repeat, and for ours the share of the step spent in matching + loss (forward and backward
+of the loss, timed in extra steps afterwards).
 """
 
 from __future__ import annotations
@@ -185,35 +186,31 @@ class Child:
 
 
 def run(args) -> dict:
-    """Interleaved timed rounds over all variants' processes (one runs at a time), then memory and loss share."""
-    children = []
-    try:
-        for variant in args.variants:  # built one after the other, so that no build overlaps a timed step
-            children.append(Child(args, variant))
-        for c in children:  # one untimed round once all are built (the first after a build runs slow)
-            c.ask("step")
-        times: dict[str, list[float]] = {c.variant: [] for c in children}
-        for round_index in range(args.steps):
-            shift = round_index % len(children)
-            for c in children[shift:] + children[:shift]:
-                times[c.variant].append(c.ask("step")["step_s"])
-        results = {}
-        for c in children:
-            results[c.variant] = {"step_s": statistics.median(times[c.variant]), "steps": times[c.variant],
-                                  **c.ask("memory")}
-            if c.variant != "transformers":
-                results[c.variant].update(c.ask(f"loss {args.steps}"))
-        return results
-    finally:
-        for c in children:
-            c.close()
+    """Each variant alone in a fresh process, ``repeats`` times in alternating order; then memory and loss share."""
+    times: dict[str, list[float]] = {v: [] for v in args.variants}
+    results: dict[str, dict] = {}
+    for repeat in range(args.repeats):
+        for variant in (args.variants if repeat % 2 == 0 else args.variants[::-1]):
+            child = Child(args, variant)  # builds the model and runs one warm-up step
+            try:
+                times[variant] += [child.ask("step")["step_s"] for _ in range(args.steps)]
+                if repeat == 0:
+                    results[variant] = child.ask("memory")
+                    if variant != "transformers":
+                        results[variant].update(child.ask(f"loss {args.steps}"))
+            finally:
+                child.close()
+    for variant, steps in times.items():
+        results[variant].update(step_s=statistics.median(steps), steps=steps)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--variants", nargs="+", default=["transformers", "ours", "ours-points"])
-    parser.add_argument("--steps", type=int, default=5, help="timed rounds (each variant once per round)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and repeat")
+    parser.add_argument("--repeats", type=int, default=2, help="fresh processes per variant, in alternating order")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--segments", type=int, default=12)
@@ -227,7 +224,7 @@ def main() -> None:
 
     results = run(args)
     print(f"training step, Swin-T, batch {args.batch_size}, {args.size}x{args.size}, {args.segments} segments per "
-          f"image, deep supervision on, AdamW, {args.precision}; {args.steps} interleaved rounds (median), torch "
+          f"image, deep supervision on, AdamW, {args.precision}; median of {args.repeats} x {args.steps} steps, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads")
     base = results.get("transformers")
     for variant, r in results.items():

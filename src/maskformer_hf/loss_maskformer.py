@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .matching import (Indices, check_num_segments, fixed_match, hungarian_match, point_sample,
                        point_sample_shared)
+from .ops import linear
 
 
 # --- plain reference functions (any targets, autograd) -------------------------------------------
@@ -60,7 +61,7 @@ def upsample_bilinear_adjoint(grad: Tensor, size: tuple[int, int]) -> Tensor:
     (height, width), (h, w) = grad.shape[-2:], size
     rows = linear_upsampling_matrix(h, height, grad)  # (H, h)
     cols = linear_upsampling_matrix(w, width, grad)  # (W, w)
-    return rows.T @ (grad @ cols)
+    return rows.T @ linear(grad, cols.T)  # grad @ cols, the larger product, through oneDNN on x86 CPUs
 
 
 def fused_binary_mask_terms(logits: Tensor, targets: Tensor, target_index: Tensor, alpha: float, gamma: float,

@@ -1,0 +1,38 @@
+"""Small numeric building blocks shared by the modeling files.
+
+:func:`linear` is ``F.linear`` computed, on x86 CPUs, by oneDNN's convolution instead of the BLAS
+matrix product. PyTorch's CPU ``mm``/``addmm`` call MKL, whose fp32 kernels reach about half of
+oneDNN's speed on AMD processors (measured on a Zen 5 EPYC with the shapes of Swin-T: ~190 against
+~400 GFLOP/s forward, ~180 against ~370 forward + backward). A linear layer over rows is a 1x1
+convolution over a channels-last view of the same memory, so nothing is copied; the result is the
+same fp32 (or bf16 under autocast) product up to summation order.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+MIN_ROWS = 256  # below this the convolution's set-up costs more than it saves
+
+
+def onednn_linear_available(x: Tensor) -> bool:
+    """Whether :func:`linear` routes ``x`` through oneDNN (x86 CPU, fp32/bf16, oneDNN built in)."""
+    return (_X86 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``: `(..., K)`, `(N, K)`, `(N,)` -> `(..., N)`; through oneDNN on x86 CPUs."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if rows < MIN_ROWS or not onednn_linear_available(x):
+        return F.linear(x, weight, bias)
+    *lead, in_features = x.shape
+    # (rows, K) row-major is a (1, K, rows, 1) image in channels-last layout.
+    image = x.reshape(1, rows, 1, in_features).permute(0, 3, 1, 2)
+    out = F.conv2d(image, weight[:, :, None, None], bias)  # (1, N, rows, 1), channels-last
+    return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])

@@ -1,0 +1,105 @@
+"""Our MaskFormer-Swin backbone and the oneDNN linear: transformers' function, parameters and layout."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoBackbone, MaskFormerSwinConfig
+
+from maskformer_hf.modeling_maskformer_swin import MaskFormerSwinBackbone, shifted_window_mask
+from maskformer_hf.ops import linear
+
+
+def random_pair(**kwargs):
+    config = MaskFormerSwinConfig(out_features=["stage1", "stage2", "stage3", "stage4"], drop_path_rate=0.0, **kwargs)
+    reference = AutoBackbone.from_config(config).eval()
+    with torch.no_grad():  # non-trivial values everywhere, the relative-position tables included
+        for name, parameter in reference.named_parameters():
+            parameter.copy_(torch.randn_like(parameter) * (0.1 if "norm" in name else 0.05) + ("norm" in name and name.endswith("weight")))
+    ours = MaskFormerSwinBackbone(config).eval()
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("model.layernorm.")}
+    ours.load_state_dict(state, strict=True)  # the same names and shapes, nothing missing or left over
+    return reference, ours
+
+
+@pytest.mark.parametrize("size, kwargs", [
+    ((96, 160), dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4])),
+    ((77, 131), dict(embed_dim=24, depths=[1, 2, 1, 1], num_heads=[1, 2, 3, 3], window_size=3)),  # odd sizes, padding
+    ((64, 64), dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 1, 2, 2], window_size=5)),  # maps smaller than a window
+    ((130, 70), dict(embed_dim=32, depths=[2, 2, 4, 2], num_heads=[2, 2, 4, 4], window_size=7, mlp_ratio=2.0)),
+])
+def test_swin_equals_transformers(size, kwargs):
+    torch.manual_seed(0)
+    reference, ours = random_pair(**kwargs)
+    pixels = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        expected, got = reference(pixels).feature_maps, ours(pixels)
+    assert ours.channels == [m.shape[1] for m in expected]
+    for e, g in zip(expected, got):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, atol=2e-5, rtol=1e-5)
+
+
+def test_swin_gradients_equal_transformers():
+    torch.manual_seed(1)
+    reference, ours = random_pair(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4])
+    pixels = torch.randn(2, 3, 72, 88)
+    weights = [torch.randn(m.shape) for m in reference(pixels).feature_maps]
+    sum((m * w).sum() for m, w in zip(reference(pixels).feature_maps, weights)).backward()
+    sum((m * w).sum() for m, w in zip(ours(pixels), weights)).backward()
+    expected = dict(reference.named_parameters())
+    for name, parameter in ours.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name].grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_stochastic_depth_drops_both_branches_in_training_only():
+    torch.manual_seed(0)
+    config = MaskFormerSwinConfig(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], drop_path_rate=0.5,
+                                  out_features=["stage1", "stage2", "stage3", "stage4"])
+    backbone = MaskFormerSwinBackbone(config)
+    block = backbone.model.encoder.layers[3].blocks[1]
+    assert block.drop_path.drop_prob == pytest.approx(0.5)
+    x = torch.randn(64, 2, 2, 128)
+    block.eval()
+    torch.testing.assert_close(block(x), block(x))
+    block.train()
+    torch.manual_seed(3)
+    outputs = block(x)
+    # Samples whose both branches were dropped come out unchanged (probability 1/4 each; with
+    # transformers' module, which never drops the MLP branch, none would).
+    unchanged = [(outputs[i] == x[i]).all().item() for i in range(64)]
+    assert any(unchanged) and not all(unchanged)
+
+
+def test_shifted_window_mask_regions():
+    mask = shifted_window_mask(6, 6, 3, 1)  # 4 windows of 9 tokens
+    assert mask.shape == (4, 9, 9) and set(mask.unique().tolist()) == {0.0, -100.0}
+    assert (mask[0] == 0).all()  # the top-left window lies in one region
+    assert (mask[3] == -100).sum() > 0 and (mask.transpose(1, 2) == mask).all()
+
+
+@pytest.mark.parametrize("shape, bias", [((300, 24), True), ((3, 200, 24), False), ((5, 24), True), ((0, 24), True)])
+def test_onednn_linear_equals_f_linear(shape, bias):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    weight = torch.randn(40, 24, requires_grad=True)
+    b = torch.randn(40, requires_grad=True) if bias else None
+    grad = torch.randn(*shape[:-1], 40)
+    out = linear(x, weight, b)
+    out.backward(grad)
+    got = [x.grad, weight.grad] + ([b.grad] if bias else [])
+    for t in [x, weight] + ([b] if bias else []):
+        t.grad = None
+    expected = F.linear(x, weight, b)
+    expected.backward(grad)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for g, t in zip(got, [x, weight] + ([b] if bias else [])):
+        torch.testing.assert_close(g, t.grad, atol=1e-4, rtol=1e-5)
+    assert out.is_contiguous()
+
+
+def test_onednn_linear_under_bf16_autocast():
+    x, weight = torch.randn(512, 64), torch.randn(32, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = linear(x, weight), F.linear(x, weight)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), atol=0.1, rtol=0.02)
