@@ -99,12 +99,16 @@ def _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_
     focal = logits.new_empty(num_masks, dtype=torch.float32)
     dice = logits.new_empty(num_masks, dtype=torch.float32)
     grad = logits.new_empty(num_masks, *logits.shape[-2:], dtype=torch.float32) if need_grad else None
+    # One focal weight for all masks (the usual case): folded into the per-target sign map below.
+    common_weight = need_grad and bool((focal_weight == focal_weight[0]).all())
     for target in target_index.unique().tolist():
         t = (targets[target] > 0.5).float()  # (H, W)
-        t_flat = t.view(-1)
-        sum_t = t_flat.sum()
+        ones_and_t = torch.stack([torch.ones_like(t), t], dim=-1).view(-1, 2)  # (P, 2): sums over all and t = 1
+        sum_t = ones_and_t[:, 1].sum()
         neg_sign = 1 - 2 * t  # n
         alpha_t = neg_sign * (0.5 - alpha) + 0.5  # alpha where t = 1, 1 - alpha where t = 0
+        if common_weight:
+            scaled_sign = neg_sign * (focal_weight[0] / num_pixels)
         for part in (target_index == target).nonzero()[:, 0].split(chunk):
             m = part.numel()
             u = F.interpolate(logits[part, None].float(), size=(height, width), mode="bilinear",
@@ -113,8 +117,7 @@ def _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_
             one_minus_q = 1 - q
             softplus = torch.clamp(u, min=0).sub_(torch.maximum(q, one_minus_q).log_())
             weighted = (q * q if gamma == 2 else q.pow(gamma)).mul_(alpha_t)  # alpha_t q^gamma
-            sum_q = q.sum((1, 2))
-            sum_tq = q.view(m, -1) @ t_flat  # sum over t = 1 of (1 - p)
+            sum_q, sum_tq = (q.view(m, -1) @ ones_and_t).unbind(1)  # sum_tq: sum over t = 1 of (1 - p)
             numerator = 2 * (sum_t - sum_tq) + 1
             denominator = sum_q - 2 * sum_tq + 2 * sum_t + 1
             dice[part] = 1 - numerator / denominator
@@ -123,11 +126,15 @@ def _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_
             if not need_grad:
                 continue
             # focal part: n alpha_t q^gamma (gamma (1 - q) softplus + q) * w_f / P
-            full.mul_(weighted).mul_(neg_sign).mul_((focal_weight[part] / num_pixels)[:, None, None])
+            full.mul_(weighted)
+            if common_weight:
+                full.mul_(scaled_sign)
+            else:
+                full.mul_(neg_sign).mul_((focal_weight[part] / num_pixels)[:, None, None])
             # dice part: w_d q (1 - q) (A + B t) with A = N / D^2, B = -2 / D
+            coef_a = (dice_weight[part] * numerator / denominator**2)[:, None, None]
             coef_b = (-2 * dice_weight[part] / denominator)[:, None, None]
-            coef = (t * coef_b).add_((dice_weight[part] * numerator / denominator**2)[:, None, None])
-            full.addcmul_(one_minus_q.mul_(q), coef)
+            full.addcmul_(one_minus_q.mul_(q), torch.addcmul(coef_a, t, coef_b))
             grad[part] = upsample_bilinear_adjoint(full, logits.shape[-2:])
     return focal, dice, grad
 
