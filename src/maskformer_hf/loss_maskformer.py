@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .matching import (Indices, check_num_segments, fixed_match, hungarian_match, point_sample,
                        point_sample_shared)
-from .ops import linear
+from .ops import linear, maybe_compiled
 
 
 # --- plain reference functions (any targets, autograd) -------------------------------------------
@@ -61,7 +61,8 @@ def upsample_bilinear_adjoint(grad: Tensor, size: tuple[int, int]) -> Tensor:
     (height, width), (h, w) = grad.shape[-2:], size
     rows = linear_upsampling_matrix(h, height, grad)  # (H, h)
     cols = linear_upsampling_matrix(w, width, grad)  # (W, w)
-    return rows.T @ linear(grad, cols.T)  # grad @ cols, the larger product, through oneDNN on x86 CPUs
+    narrow = linear(grad, cols.T)  # grad @ cols: (M, H, w); both products through oneDNN on x86 CPUs
+    return linear(narrow.transpose(-1, -2), rows.T).transpose(-1, -2)  # rows^T @ narrow: (M, h, w)
 
 
 def fused_binary_mask_terms(logits: Tensor, targets: Tensor, target_index: Tensor, alpha: float, gamma: float,
@@ -85,11 +86,50 @@ def fused_binary_mask_terms(logits: Tensor, targets: Tensor, target_index: Tenso
     focal = alpha_t q^gamma softplus(u), d focal / dx = n alpha_t q^gamma (gamma (1 - q) softplus(u) + q);
     dice = 1 - N / D with N = 2 sum(p t) + 1, D = sum(p) + sum(t) + 1, d dice / dx = (N / D^2 - 2t / D) q (1 - q).
     ``softplus(u) = max(u, 0) - log(max(q, 1 - q))``: one fast ``log`` on [1/2, 1] (absolute error below
-    1e-7) instead of ATen's unvectorised ``log1p``; the sums over t are matrix-vector products.
+    1e-7) instead of ATen's unvectorised ``log1p``. The pixel work (:func:`binary_mask_chunk_terms`) is
+    compiled by TorchInductor into two fused loops per chunk (sums, then gradient), about 5x faster
+    than eager PyTorch on a CPU; the upsampling and its adjoint stay matrix products.
     """
     with torch.autocast(logits.device.type, enabled=False):  # fp32 throughout, also under autocast
         return _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_weight, dice_weight,
                                         chunk, need_grad)
+
+
+@maybe_compiled
+def binary_mask_chunk_terms(upsampled: Tensor, target: Tensor, sum_t: Tensor, alpha: float, gamma: float,
+                            focal_scale: Tensor, dice_weight: Tensor, need_grad: bool):
+    """The pixel work of :func:`fused_binary_mask_terms` for masks sharing one target (compiled).
+
+    Args:
+        upsampled: `(m, H, W)` float32 upsampled logits x.
+        target: `(H, W)` float32 binary target t; sum_t: its sum (0-d).
+        focal_scale, dice_weight: `(m,)` gradient weights (the focal one divided by H * W).
+
+    Returns:
+        ``(focal_sum (m,), dice (m,), grad (m, H, W) or None)``, the focal loss summed (not averaged)
+        over pixels and the full-resolution gradient of ``focal_scale * focal_sum + dice_weight * dice``.
+    """
+    neg_sign = 1 - 2 * target  # n
+    u = upsampled * neg_sign
+    q = torch.sigmoid(u)
+    one_minus_q = 1 - q
+    softplus = torch.clamp(u, min=0) - torch.log(torch.maximum(q, one_minus_q))
+    alpha_t = neg_sign * (0.5 - alpha) + 0.5  # alpha where t = 1, 1 - alpha where t = 0
+    weighted = (q * q if gamma == 2 else q.pow(gamma)) * alpha_t  # alpha_t q^gamma
+    focal_sum = (weighted * softplus).sum((1, 2))
+    sum_q = q.sum((1, 2))
+    sum_tq = (q * target).sum((1, 2))  # sum over t = 1 of (1 - p)
+    numerator = 2 * (sum_t - sum_tq) + 1
+    denominator = sum_q - 2 * sum_tq + 2 * sum_t + 1
+    dice = 1 - numerator / denominator
+    if not need_grad:
+        return focal_sum, dice, None
+    # focal: n alpha_t q^gamma (gamma (1 - q) softplus + q); dice: q (1 - q) (A + B t), A = N / D^2, B = -2 / D
+    coef_a = (dice_weight * numerator / denominator**2)[:, None, None]
+    coef_b = (-2 * dice_weight / denominator)[:, None, None]
+    grad = ((q + gamma * one_minus_q * softplus) * weighted * neg_sign * focal_scale[:, None, None]
+            + q * one_minus_q * (coef_a + coef_b * target))
+    return focal_sum, dice, grad
 
 
 def _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_weight, dice_weight, chunk,
@@ -99,43 +139,17 @@ def _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_
     focal = logits.new_empty(num_masks, dtype=torch.float32)
     dice = logits.new_empty(num_masks, dtype=torch.float32)
     grad = logits.new_empty(num_masks, *logits.shape[-2:], dtype=torch.float32) if need_grad else None
-    # One focal weight for all masks (the usual case): folded into the per-target sign map below.
-    common_weight = need_grad and bool((focal_weight == focal_weight[0]).all())
     for target in target_index.unique().tolist():
         t = (targets[target] > 0.5).float()  # (H, W)
-        ones_and_t = torch.stack([torch.ones_like(t), t], dim=-1).view(-1, 2)  # (P, 2): sums over all and t = 1
-        sum_t = ones_and_t[:, 1].sum()
-        neg_sign = 1 - 2 * t  # n
-        alpha_t = neg_sign * (0.5 - alpha) + 0.5  # alpha where t = 1, 1 - alpha where t = 0
-        if common_weight:
-            scaled_sign = neg_sign * (focal_weight[0] / num_pixels)
+        sum_t = t.sum()
         for part in (target_index == target).nonzero()[:, 0].split(chunk):
-            m = part.numel()
-            u = F.interpolate(logits[part, None].float(), size=(height, width), mode="bilinear",
-                              align_corners=False)[:, 0].mul_(neg_sign)
-            q = torch.sigmoid(u)
-            one_minus_q = 1 - q
-            softplus = torch.clamp(u, min=0).sub_(torch.maximum(q, one_minus_q).log_())
-            weighted = (q * q if gamma == 2 else q.pow(gamma)).mul_(alpha_t)  # alpha_t q^gamma
-            sum_q, sum_tq = (q.view(m, -1) @ ones_and_t).unbind(1)  # sum_tq: sum over t = 1 of (1 - p)
-            numerator = 2 * (sum_t - sum_tq) + 1
-            denominator = sum_q - 2 * sum_tq + 2 * sum_t + 1
-            dice[part] = 1 - numerator / denominator
-            full = torch.addcmul(q, one_minus_q, softplus, value=gamma) if need_grad else None
-            focal[part] = softplus.mul_(weighted).sum((1, 2)) / num_pixels
-            if not need_grad:
-                continue
-            # focal part: n alpha_t q^gamma (gamma (1 - q) softplus + q) * w_f / P
-            full.mul_(weighted)
-            if common_weight:
-                full.mul_(scaled_sign)
-            else:
-                full.mul_(neg_sign).mul_((focal_weight[part] / num_pixels)[:, None, None])
-            # dice part: w_d q (1 - q) (A + B t) with A = N / D^2, B = -2 / D
-            coef_a = (dice_weight[part] * numerator / denominator**2)[:, None, None]
-            coef_b = (-2 * dice_weight[part] / denominator)[:, None, None]
-            full.addcmul_(one_minus_q.mul_(q), torch.addcmul(coef_a, t, coef_b))
-            grad[part] = upsample_bilinear_adjoint(full, logits.shape[-2:])
+            upsampled = F.interpolate(logits[part, None].float(), size=(height, width), mode="bilinear",
+                                      align_corners=False)[:, 0]
+            focal_sum, dice[part], full = binary_mask_chunk_terms(
+                upsampled, t, sum_t, alpha, gamma, focal_weight[part] / num_pixels, dice_weight[part], need_grad)
+            focal[part] = focal_sum / num_pixels
+            if need_grad:
+                grad[part] = upsample_bilinear_adjoint(full, logits.shape[-2:])
     return focal, dice, grad
 
 
