@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .ops import maybe_compiled
+
 Indices = tuple[Tensor, Tensor]  # (query indices, segment indices), both (num_matched,) int64
 
 
@@ -47,14 +49,35 @@ def pairwise_dice_cost(mask_logits: Tensor, targets: Tensor) -> Tensor:
     return 1 - (numerator + 1) / (denominator + 1)
 
 
+@maybe_compiled
+def focal_terms(logits: Tensor, alpha: float, gamma: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-pixel pieces of the pairwise costs of `(m, P)` logits (compiled into one loop).
+
+    Returns:
+        ``(f_pos - f_neg (m, P), sum_P f_neg (m,), p (m, P), sum_P p (m,))`` with p = sigmoid(x),
+        f_pos = alpha (1 - p)^gamma softplus(-x) (the focal loss if the target is 1) and
+        f_neg = (1 - alpha) p^gamma softplus(x) (if it is 0). ``logsigmoid(x) = log(max(p, 1 - p)) +
+        min(x, 0)`` costs one fast ``log`` on [1/2, 1] (ATen's logsigmoid and softplus use an
+        unvectorised log1p, ~10x slower on a CPU).
+    """
+    logits = logits.float()
+    p = torch.sigmoid(logits)
+    log_p = torch.log(torch.maximum(p, 1 - p)) + torch.clamp(logits, max=0)  # logsigmoid(x) = -softplus(-x)
+    softplus = logits - log_p
+    f_neg = (1 - alpha) * (p * p if gamma == 2 else p.pow(gamma)) * softplus
+    one_minus_p = 1 - p
+    f_pos = -alpha * (one_minus_p * one_minus_p if gamma == 2 else one_minus_p.pow(gamma)) * log_p
+    return f_pos - f_neg, f_neg.sum(-1), p, p.sum(-1)
+
+
 def pairwise_mask_costs(mask_logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0,
                         rows: int = 16) -> tuple[Tensor, Tensor]:
-    """:func:`pairwise_sigmoid_focal_cost` and :func:`pairwise_dice_cost` together, in one fused pass.
+    """:func:`pairwise_sigmoid_focal_cost` and :func:`pairwise_dice_cost` together, fused.
 
-    The predictions are walked ``rows`` at a time through preallocated buffers, so every elementwise
-    step runs in cache; ``softplus(x) = x - logsigmoid(x)`` and ``softplus(-x) = -logsigmoid(x)``
-    share one transcendental, a ``log`` of ``max(p, 1 - p)``. Several times faster than the two
-    functions on a CPU, same numbers up to float rounding.
+    The pixel work (:func:`focal_terms`, compiled) runs ``rows`` predictions at a time so that it
+    stays in cache; the sums over each target's pixels are two matrix products:
+    ``sum_P t f_pos + (1 - t) f_neg = (f_pos - f_neg) . t + sum_P f_neg``. Same numbers as the two
+    functions up to float rounding, many times faster on a CPU.
 
     Args:
         mask_logits: `(M, P)` logits over P pixels (or points).
@@ -63,38 +86,20 @@ def pairwise_mask_costs(mask_logits: Tensor, targets: Tensor, alpha: float = 0.2
     Returns:
         ``(focal, dice)``, each `(M, N)`.
     """
-    logits = mask_logits.float()
+    logits = mask_logits  # converted to fp32 inside focal_terms, a chunk at a time
     targets = targets.float()
     num_preds, num_pixels = logits.shape
     targets_t = targets.T.contiguous()  # (P, N)
-    focal = logits.new_empty(num_preds, targets.shape[0])
+    focal = targets.new_empty(num_preds, targets.shape[0])
     overlap = torch.empty_like(focal)
-    neg_sum = logits.new_empty(num_preds)
-    prob_sum = logits.new_empty(num_preds)
-    rows = max(1, min(rows, num_preds))
-    log_prob, prob, neg, pos = (logits.new_empty(rows, num_pixels) for _ in range(4))
-    for start in range(0, num_preds, rows):
-        x = logits[start:start + rows]
-        n, part = x.shape[0], slice(start, start + x.shape[0])
-        lp, p, fn, fp = log_prob[:n], prob[:n], neg[:n], pos[:n]
-        torch.sigmoid(x, out=p)
-        # logsigmoid(x) = log(max(p, 1 - p)) - max(-x, 0): a fast log on [1/2, 1] (ATen's logsigmoid
-        # and softplus use an unvectorised log1p and are ~10x slower on a CPU)
-        torch.sub(1, p, out=lp)
-        torch.maximum(p, lp, out=lp).log_()
-        lp.add_(torch.clamp(x, max=0))  # = -softplus(-x)
-        torch.sub(x, lp, out=fn)  # softplus(x)
-        fn.mul_(p * p if gamma == 2 else p.pow(gamma))  # p^gamma softplus(x): the loss if the target is 0, / (1 - alpha)
-        torch.sub(1, p, out=fp)
-        fp.mul_(fp) if gamma == 2 else fp.pow_(gamma)
-        fp.mul_(lp).mul_(-alpha)  # alpha (1 - p)^gamma softplus(-x): the loss if the target is 1
-        fp.add_(fn, alpha=-(1 - alpha))  # f_pos - f_neg
-        torch.mm(fp, targets_t, out=focal[part])
-        torch.sum(fn, dim=-1, out=neg_sum[part])
-        torch.mm(p, targets_t, out=overlap[part])
-        torch.sum(p, dim=-1, out=prob_sum[part])
-    # sum_P t f_pos + (1 - t) f_neg = (f_pos - f_neg) . t + sum_P f_neg
-    focal.add_(neg_sum[:, None], alpha=1 - alpha).div_(num_pixels)
+    neg_sum = targets.new_empty(num_preds)
+    prob_sum = targets.new_empty(num_preds)
+    for start in range(0, num_preds, max(1, rows)):
+        part = slice(start, min(start + max(1, rows), num_preds))
+        difference, neg_sum[part], prob, prob_sum[part] = focal_terms(logits[part], alpha, gamma)
+        torch.mm(difference, targets_t, out=focal[part])
+        torch.mm(prob, targets_t, out=overlap[part])
+    focal.add_(neg_sum[:, None]).div_(num_pixels)
     dice = 1 - (2 * overlap + 1) / (prob_sum[:, None] + targets.sum(-1)[None, :] + 1)
     return focal, dice
 
@@ -156,22 +161,23 @@ def hungarian_match(
             for layer in range(num_layers):
                 matches[layer][b] = (empty, empty)
             continue
-        preds = mask_logits[:, b].float()  # (L, Q, h, w)
+        preds = mask_logits[:, b]  # (L, Q, h, w); each layer's (Q, h, w) is contiguous
         targets = mask_labels[b].float()
         if num_points:
             coords = torch.rand(num_points, 2, generator=generator, device=preds.device)
             # Per-map sampling is ~3x faster than one many-channel grid_sample for the L*Q predictions
             # (channel-strided reads); the few targets share one call.
-            preds = point_sample(preds.flatten(0, 1)[:, None], coords.expand(preds.shape[0] * num_queries, -1, -1))
+            preds = point_sample(preds.flatten(0, 1)[:, None].float(),
+                                 coords.expand(num_layers * num_queries, -1, -1)).view(num_layers, num_queries, -1)
             targets = point_sample_shared(targets, coords)
         else:
             targets = F.interpolate(targets[:, None], size=preds.shape[-2:], mode="nearest")[:, 0].flatten(1)
-            preds = preds.flatten(0, 1).flatten(1)  # (L*Q, h*w)
-        focal, dice = pairwise_mask_costs(preds, targets, alpha, gamma)
-        cost = (cost_mask * focal + cost_dice * dice).view(num_layers, num_queries, -1)
-        cost = cost + cost_class * pairwise_class_cost(class_logits[:, b], labels.to(class_logits.device))
+            preds = preds.flatten(2)  # (L, Q, h*w), a view
+        class_cost = pairwise_class_cost(class_logits[:, b], labels.to(class_logits.device))  # (L, Q, N)
         for layer in range(num_layers):
-            matches[layer][b] = solve_assignment(cost[layer])
+            focal, dice = pairwise_mask_costs(preds[layer], targets, alpha, gamma)
+            cost = cost_mask * focal + cost_dice * dice + cost_class * class_cost[layer]
+            matches[layer][b] = solve_assignment(cost)
     return matches
 
 
