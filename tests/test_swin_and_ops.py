@@ -1,4 +1,4 @@
-"""Our MaskFormer-Swin backbone and the oneDNN linear: transformers' function, parameters and layout."""
+"""Our MaskFormer-Swin backbone, the oneDNN linear and the compiled kernels: the same numbers as the plain paths."""
 
 import pytest
 import torch
@@ -103,3 +103,45 @@ def test_onednn_linear_under_bf16_autocast():
         out, expected = linear(x, weight), F.linear(x, weight)
     assert out.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected.float(), atol=0.1, rtol=0.02)
+
+
+def test_maybe_compiled_falls_back_and_can_be_switched_off(monkeypatch, caplog):
+    from maskformer_hf.ops import maybe_compiled
+
+    calls = []
+
+    def plain(x):
+        calls.append(1)
+        return x * 2 + 1
+
+    wrapped = maybe_compiled(plain)
+    monkeypatch.setenv("MASKFORMER_HF_COMPILE", "0")
+    torch.testing.assert_close(wrapped(torch.ones(3)), torch.full((3,), 3.0))
+    assert len(calls) == 1  # ran eagerly
+
+    def broken_compile(fn, **kwargs):
+        def fail(*args, **kw):
+            raise RuntimeError("no C++ compiler")
+        return fail
+
+    monkeypatch.setenv("MASKFORMER_HF_COMPILE", "1")
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with caplog.at_level("WARNING"):
+        torch.testing.assert_close(wrapped(torch.ones(2)), torch.full((2,), 3.0))
+        torch.testing.assert_close(wrapped(torch.zeros(2)), torch.full((2,), 1.0))
+    assert "no C++ compiler" in caplog.text and caplog.text.count("torch.compile failed") == 1
+
+
+def test_fused_mask_loss_compiled_equals_eager(monkeypatch):
+    from maskformer_hf.loss_maskformer import fused_binary_mask_terms
+
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(7, 10, 12)
+    targets = (torch.rand(3, 40, 48) > 0.6).float()
+    index = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    weights = torch.full((7,), 20.0), torch.ones(7)
+    compiled = fused_binary_mask_terms(logits, targets, index, 0.25, 2.0, *weights, chunk=2)
+    monkeypatch.setenv("MASKFORMER_HF_COMPILE", "0")
+    eager = fused_binary_mask_terms(logits, targets, index, 0.25, 2.0, *weights, chunk=2)
+    for c, e in zip(compiled, eager):
+        torch.testing.assert_close(c, e, atol=1e-6, rtol=1e-5)
