@@ -145,3 +145,36 @@ def test_fused_mask_loss_compiled_equals_eager(monkeypatch):
     eager = fused_binary_mask_terms(logits, targets, index, 0.25, 2.0, *weights, chunk=2)
     for c, e in zip(compiled, eager):
         torch.testing.assert_close(c, e, atol=1e-6, rtol=1e-5)
+
+
+def test_checkpoints_without_the_relative_position_index_load(tmp_path):
+    """Some Swin checkpoints do not store the deterministic index buffer: it is rebuilt, never garbage."""
+    from safetensors.torch import load_file, save_file
+    from transformers import MaskFormerConfig as HFMaskFormerConfig
+    from transformers import MaskFormerForInstanceSegmentation
+
+    from maskformer_hf import MaskFormerForUniversalSegmentation, convert_from_transformers
+    from maskformer_hf.modeling_maskformer_swin import relative_position_index
+
+    torch.manual_seed(0)
+    swin = MaskFormerSwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                                out_features=["stage1", "stage2", "stage3", "stage4"])
+    hf = MaskFormerForInstanceSegmentation(HFMaskFormerConfig(backbone_config=swin, num_labels=3, num_queries=4,
+                                                              decoder_config={"decoder_layers": 1}))
+    hf.save_pretrained(tmp_path / "hf")
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.endswith("relative_position_index")},
+              tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    converted = convert_from_transformers(tmp_path / "hf")
+    converted.save_pretrained(tmp_path / "ours")
+    ours = load_file(tmp_path / "ours" / "model.safetensors")
+    save_file({k: v for k, v in ours.items() if not k.endswith("relative_position_index")},
+              tmp_path / "ours" / "model.safetensors", metadata={"format": "pt"})
+    reloaded = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path / "ours").eval()
+    for model in (converted, reloaded):
+        for name, buffer in model.named_buffers():
+            if name.endswith("relative_position_index"):
+                assert torch.equal(buffer, relative_position_index(swin.window_size)), name
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixels).masks_queries_logits, converted(pixels).masks_queries_logits)

@@ -88,6 +88,13 @@ class SwinSelfAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window))
         self.dropout = nn.Dropout(dropout)
+        self.window = window
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """A zero bias table and the (deterministic) index; called for weights a checkpoint lacks."""
+        nn.init.zeros_(self.relative_position_bias_table)
+        self.relative_position_index.copy_(relative_position_index(self.window))
 
     def forward(self, windows: Tensor, mask: Tensor | None) -> Tensor:
         """`(B * nW, T, C)` windows, `(nW, T, T)` additive mask or None -> `(B * nW, T, C)` (before the output projection)."""
