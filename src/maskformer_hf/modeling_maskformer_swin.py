@@ -57,11 +57,11 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
     Returns:
         `(num_windows, window**2, window**2)`: 0 within a region, -100 across regions.
     """
-    rows = torch.arange(height, device=device)
-    cols = torch.arange(width, device=device)
-    row_region = (rows >= height - window).long() + (rows >= height - shift).long()
-    col_region = (cols >= width - window).long() + (cols >= width - shift).long()
-    region = (row_region[:, None] * 3 + col_region[None, :])[None, :, :, None]  # (1, H, W, 1)
+    def regions(size: int) -> Tensor:  # 0, 1 or 2 for every index along one axis
+        edges = torch.tensor([size - window, size - shift], device=device)
+        return torch.bucketize(torch.arange(size, device=device), edges, right=True)
+
+    region = (regions(height)[:, None] * 3 + regions(width)[None, :])[None, :, :, None]  # (1, H, W, 1)
     windows = window_partition(region, window)[..., 0]  # (nW, T)
     same = windows[:, :, None] == windows[:, None, :]
     return torch.zeros(same.shape, device=device, dtype=dtype).masked_fill_(~same, -100.0)
