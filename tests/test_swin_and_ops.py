@@ -178,3 +178,41 @@ def test_checkpoints_without_the_relative_position_index_load(tmp_path):
     pixels = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixels).masks_queries_logits, converted(pixels).masks_queries_logits)
+
+
+def test_linear_edge_cases_match_f_linear():
+    x = torch.randn(300, 8)
+    assert linear(x, torch.randn(0, 8)).shape == (300, 0)
+    strided = torch.randn(24, 3, 200).permute(1, 2, 0)  # (3, 200, 24), not contiguous
+    weight = torch.randn(40, 24)
+    out = linear(strided, weight)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, F.linear(strided, weight), atol=1e-5, rtol=1e-5)
+
+
+def test_maybe_compiled_keeps_compiling_after_a_callers_error(monkeypatch, caplog):
+    from maskformer_hf.ops import maybe_compiled
+
+    compiled_calls = []
+
+    def fake_compile(fn, **kwargs):
+        def run(*args):
+            compiled_calls.append(1)
+            return fn(*args)
+        return run
+
+    monkeypatch.setenv("MASKFORMER_HF_COMPILE", "1")
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    wrapped = maybe_compiled(lambda x, y: x * y)
+    wrapped(torch.ones(2), torch.ones(2))
+    with pytest.raises(RuntimeError):
+        wrapped(torch.ones(2), torch.ones(3))  # the caller's own shape error is raised
+    wrapped(torch.ones(2), torch.ones(2))
+    assert len(compiled_calls) == 3 and "torch.compile failed" not in caplog.text
+
+
+def test_swin_unknown_out_features_is_a_clear_error():
+    config = MaskFormerSwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2])
+    config.out_features = ["stem", "stage4"]
+    with pytest.raises(ValueError, match="out_features"):
+        MaskFormerSwinBackbone(config)

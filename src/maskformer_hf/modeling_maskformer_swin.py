@@ -105,9 +105,15 @@ class SwinSelfAttention(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B * nW, heads, T, head_dim)
         scores = torch.matmul(query, key.transpose(-2, -1)).div_(math.sqrt(self.head_dim))
         position_bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        scores.add_(position_bias.view(tokens, tokens, -1).permute(2, 0, 1))
+        position_bias = position_bias.view(tokens, tokens, -1).permute(2, 0, 1)
+        if scores.dtype == position_bias.dtype:  # in place; under autocast (bf16 scores) promote instead
+            scores.add_(position_bias)
+        else:
+            scores = scores + position_bias
         if mask is not None:
-            scores.view(-1, mask.shape[0], self.num_heads, tokens, tokens).add_(mask[:, None])
+            grouped = scores.view(-1, mask.shape[0], self.num_heads, tokens, tokens)
+            scores = grouped.add_(mask[:, None]) if scores.dtype == mask.dtype else grouped + mask[:, None]
+            scores = scores.view(num_windows, self.num_heads, tokens, tokens)
         probs = self.dropout(scores.softmax(dim=-1))
         return torch.matmul(probs, value).transpose(1, 2).reshape(num_windows, tokens, channels)
 
@@ -264,6 +270,9 @@ class MaskFormerSwinBackbone(nn.Module):
         self.hidden_states_norms = nn.ModuleList(nn.LayerNorm(width) for width in widths)
         stage_names = [f"stage{i + 1}" for i in range(len(config.depths))]
         out_features = list(getattr(config, "out_features", None) or stage_names)
+        unknown = [name for name in out_features if name not in stage_names]
+        if unknown:
+            raise ValueError(f"MaskFormerSwinBackbone: out_features must name stages among {stage_names}, got {unknown}")
         self.out_indices = [stage_names.index(name) for name in out_features]
         self.channels = [widths[i] for i in self.out_indices]
         self.apply(self._init_weights)

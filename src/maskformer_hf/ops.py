@@ -40,13 +40,13 @@ def onednn_linear_available(x: Tensor) -> bool:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: `(..., K)`, `(N, K)`, `(N,)` -> `(..., N)`; through oneDNN on x86 CPUs."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if rows < MIN_ROWS or not onednn_linear_available(x):
+    if rows < MIN_ROWS or weight.shape[0] == 0 or not onednn_linear_available(x):
         return F.linear(x, weight, bias)
     *lead, in_features = x.shape
     # (rows, K) row-major is a (1, K, rows, 1) image in channels-last layout.
     image = x.reshape(1, rows, 1, in_features).permute(0, 3, 1, 2)
-    out = F.conv2d(image, weight[:, :, None, None], bias)  # (1, N, rows, 1), channels-last
-    return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])
+    out = F.conv2d(image, weight[:, :, None, None], bias)  # (1, N, rows, 1), channels-last as a rule
+    return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0]).contiguous()
 
 
 def maybe_compiled(fn: Callable) -> Callable:
@@ -63,10 +63,13 @@ def maybe_compiled(fn: Callable) -> Callable:
             compiled["fn"] = torch.compile(fn, dynamic=True)
         try:
             return compiled["fn"](*args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - any compiler failure: run the plain function
+        except Exception as error:  # noqa: BLE001
+            # The plain function tells a caller's own error (it raises it again, compilation stays
+            # on) from a compiler failure (it runs: from now on it is used instead).
+            result = fn(*args, **kwargs)
             failed.append(error)
             logger.warning("%s: torch.compile failed (%s: %s); using the uncompiled function", fn.__name__,
                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-            return fn(*args, **kwargs)
+            return result
 
     return wrapper
