@@ -14,7 +14,7 @@ full-resolution activations autograd would otherwise hold for backward.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -90,9 +90,30 @@ def fused_binary_mask_terms(logits: Tensor, targets: Tensor, target_index: Tenso
     compiled by TorchInductor into two fused loops per chunk (sums, then gradient), about 3x faster
     than the same steps in eager PyTorch on a CPU; the upsampling and its adjoint stay matrix products.
     """
+    num_masks, height, width = logits.shape[0], targets.shape[-2], targets.shape[-1]
+    num_pixels = height * width
+    focal = logits.new_empty(num_masks, dtype=torch.float32)
+    dice = logits.new_empty(num_masks, dtype=torch.float32)
+    grad = logits.new_empty(num_masks, *logits.shape[-2:], dtype=torch.float32) if need_grad else None
     with torch.autocast(logits.device.type, enabled=False):  # fp32 throughout, also under autocast
-        return _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_weight, dice_weight,
-                                        chunk, need_grad)
+        for target, rows in rows_by_target(target_index):
+            t = (targets[target] > 0.5).float()  # (H, W)
+            sum_t = t.sum()
+            for part in rows.split(chunk):
+                upsampled = F.interpolate(logits[part, None].float(), size=(height, width), mode="bilinear",
+                                          align_corners=False)[:, 0]
+                focal_sum, dice[part], full = binary_mask_chunk_terms(
+                    upsampled, t, sum_t, alpha, gamma, focal_weight[part] / num_pixels, dice_weight[part], need_grad)
+                focal[part] = focal_sum / num_pixels
+                if need_grad:
+                    grad[part] = upsample_bilinear_adjoint(full, logits.shape[-2:])
+    return focal, dice, grad
+
+
+def rows_by_target(target_index: Tensor) -> Iterator[tuple[int, Tensor]]:
+    """``(target, rows)`` for every target that `(M,)` ``target_index`` names: the masks compared with it."""
+    for target in target_index.unique().tolist():
+        yield target, (target_index == target).nonzero()[:, 0]
 
 
 @maybe_compiled
@@ -130,27 +151,6 @@ def binary_mask_chunk_terms(upsampled: Tensor, target: Tensor, sum_t: Tensor, al
     grad = ((q + gamma * one_minus_q * softplus) * weighted * neg_sign * focal_scale[:, None, None]
             + q * one_minus_q * (coef_a + coef_b * target))
     return focal_sum, dice, grad
-
-
-def _fused_binary_mask_terms(logits, targets, target_index, alpha, gamma, focal_weight, dice_weight, chunk,
-                             need_grad):
-    num_masks, height, width = logits.shape[0], targets.shape[-2], targets.shape[-1]
-    num_pixels = height * width
-    focal = logits.new_empty(num_masks, dtype=torch.float32)
-    dice = logits.new_empty(num_masks, dtype=torch.float32)
-    grad = logits.new_empty(num_masks, *logits.shape[-2:], dtype=torch.float32) if need_grad else None
-    for target in target_index.unique().tolist():
-        t = (targets[target] > 0.5).float()  # (H, W)
-        sum_t = t.sum()
-        for part in (target_index == target).nonzero()[:, 0].split(chunk):
-            upsampled = F.interpolate(logits[part, None].float(), size=(height, width), mode="bilinear",
-                                      align_corners=False)[:, 0]
-            focal_sum, dice[part], full = binary_mask_chunk_terms(
-                upsampled, t, sum_t, alpha, gamma, focal_weight[part] / num_pixels, dice_weight[part], need_grad)
-            focal[part] = focal_sum / num_pixels
-            if need_grad:
-                grad[part] = upsample_bilinear_adjoint(full, logits.shape[-2:])
-    return focal, dice, grad
 
 
 class BinaryMaskLoss(torch.autograd.Function):
@@ -227,8 +227,7 @@ def sample_targets(targets: Tensor, target_index: Tensor, coords: Tensor) -> Ten
         `(M, P)` float32; the masks of one target are sampled together from its single map.
     """
     samples = coords.new_empty(coords.shape[:2], dtype=torch.float32)
-    for target in target_index.unique().tolist():
-        rows = (target_index == target).nonzero()[:, 0]
+    for target, rows in rows_by_target(target_index):
         points = coords[rows].reshape(-1, 2)  # every point of these masks, on one map
         samples[rows] = point_sample_shared(targets[target][None].float(), points).view(rows.numel(), -1)
     return samples

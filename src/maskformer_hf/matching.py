@@ -86,17 +86,17 @@ def pairwise_mask_costs(mask_logits: Tensor, targets: Tensor, alpha: float = 0.2
     Returns:
         ``(focal, dice)``, each `(M, N)`.
     """
-    logits = mask_logits  # converted to fp32 inside focal_terms, a chunk at a time
-    targets = targets.float()
-    num_preds, num_pixels = logits.shape
+    targets = targets.float()  # the logits go to fp32 inside focal_terms, a chunk at a time
+    num_preds, num_pixels = mask_logits.shape
     targets_t = targets.T.contiguous()  # (P, N)
     focal = targets.new_empty(num_preds, targets.shape[0])
     overlap = torch.empty_like(focal)
     neg_sum = targets.new_empty(num_preds)
     prob_sum = targets.new_empty(num_preds)
-    for start in range(0, num_preds, max(1, rows)):
-        part = slice(start, min(start + max(1, rows), num_preds))
-        difference, neg_sum[part], prob, prob_sum[part] = focal_terms(logits[part], alpha, gamma)
+    step = max(1, rows)
+    for start in range(0, num_preds, step):
+        part = slice(start, start + step)
+        difference, neg_sum[part], prob, prob_sum[part] = focal_terms(mask_logits[part], alpha, gamma)
         torch.mm(difference, targets_t, out=focal[part])
         torch.mm(prob, targets_t, out=overlap[part])
     focal.add_(neg_sum[:, None]).div_(num_pixels)

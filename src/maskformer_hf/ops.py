@@ -52,22 +52,22 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 def maybe_compiled(fn: Callable) -> Callable:
     """``fn`` through ``torch.compile(dynamic=True)``, compiled on first use; ``fn`` itself when
     ``MASKFORMER_HF_COMPILE=0`` or when compiling fails (a warning says why, once)."""
-    compiled: dict[str, Callable | None] = {"fn": None}
-    failed = []
+    compiled, failed = None, False
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        nonlocal compiled, failed
         if failed or os.environ.get("MASKFORMER_HF_COMPILE", "1") == "0":
             return fn(*args, **kwargs)
-        if compiled["fn"] is None:
-            compiled["fn"] = torch.compile(fn, dynamic=True)
+        if compiled is None:
+            compiled = torch.compile(fn, dynamic=True)
         try:
-            return compiled["fn"](*args, **kwargs)
+            return compiled(*args, **kwargs)
         except Exception as error:  # noqa: BLE001
             # The plain function tells a caller's own error (it raises it again, compilation stays
             # on) from a compiler failure (it runs: from now on it is used instead).
             result = fn(*args, **kwargs)
-            failed.append(error)
+            failed = True
             logger.warning("%s: torch.compile failed (%s: %s); using the uncompiled function", fn.__name__,
                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
             return result
