@@ -95,3 +95,46 @@ def fake_segmentation_outputs(batch: int = 2, queries: int = 20, classes: int = 
         mask_logits[b, owners] = 6.0 - edge_sharpness * (dist - dist.min(0).values) + 0.5 * torch.randn(
             confident, h, w, generator=g)
     return class_logits, mask_logits
+
+
+def write_coco_panoptic_fixture(root, num_classes: int = 12, num_things: int = 8, num_train: int = 6,
+                                num_val: int = 3, size: tuple[int, int] = (64, 80), seed: int = 0):
+    """A small COCO-panoptic folder with `num_classes` categories (ids 1, 3, 5, ...: not contiguous; the
+    last `num_classes - num_things` are stuff): each image has two stuff bands and two or three thing
+    rectangles of random classes. Returns the category names in label order."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from maskformer_hf.data.schema import id_to_rgb
+
+    root, rng = Path(root), np.random.default_rng(seed)
+    names = [f"thing{k}" if k < num_things else f"stuff{k}" for k in range(num_classes)]
+    categories = [{"id": 2 * k + 1, "name": n, "isthing": int(k < num_things)} for k, n in enumerate(names)]
+    h, w = size
+    for split, count in (("train2017", num_train), ("val2017", num_val)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"panoptic_{split}").mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for index in range(count):
+            ids = np.zeros((h, w), np.int64)
+            stuff = rng.choice(np.arange(num_things, num_classes), 2, replace=False)
+            ids[: h // 2], ids[h // 2:] = 1000 * (stuff[0] + 1), 1000 * (stuff[1] + 1)
+            for k in range(int(rng.integers(2, 4))):
+                label = int(rng.integers(0, num_things))
+                y, x = int(rng.integers(0, h - 16)), int(rng.integers(0, w - 16))
+                ids[y:y + 14, x:x + 14] = 1000 * (label + 1) + k + 1
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            stem = f"{index:04d}"
+            Image.fromarray(pixels).save(root / split / f"{stem}.jpg")
+            Image.fromarray(id_to_rgb(ids)).save(root / f"panoptic_{split}" / f"{stem}.png")
+            segments = [{"id": int(i), "category_id": categories[int(i) // 1000 - 1]["id"], "iscrowd": 0,
+                         "area": int((ids == i).sum()), "bbox": [0, 0, 1, 1]} for i in np.unique(ids)]
+            images.append({"id": index, "file_name": f"{stem}.jpg", "height": h, "width": w})
+            annotations.append({"image_id": index, "file_name": f"{stem}.png", "segments_info": segments})
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"panoptic_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return names

@@ -116,3 +116,35 @@ def test_bench_data_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["loader_images_per_s"] > 0 and result["train_images_per_s"] > 0 and "loader / model" in done.stdout
+
+
+def test_fine_tuning_a_checkpoint_on_other_classes(tmp_path):
+    """The commonest flow: a trained 6-class checkpoint fine-tuned on a data set with 12 other classes,
+    through the CLI and through the Trainer route. Model and processor both follow the new classes."""
+    from conftest import write_coco_panoptic_fixture
+
+    from maskformer_hf import MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
+    from maskformer_hf.trainer import train_with_trainer
+
+    base = tiny_recipe(tmp_path / "base", max_steps=1)
+    train(base)
+    checkpoint = Path(base.output_dir) / "model"
+    assert MaskFormerImageProcessor.from_pretrained(checkpoint).num_labels == 6
+    names = write_coco_panoptic_fixture(tmp_path / "twelve", num_classes=12, num_things=8)
+    flags = ["--model", str(checkpoint), "--dataset", "coco-panoptic", "--data_dir", str(tmp_path / "twelve"),
+             "--max_steps", "2", "--per_device_batch_size", "2", "--crop_size", "64", "--num_workers", "0",
+             "--learning_rate", "1e-3"]
+    cli_main(["train", *flags, "--output_dir", str(tmp_path / "cli")])
+    trainer_config = TrainConfig(model=str(checkpoint), dataset="coco-panoptic", data_dir=str(tmp_path / "twelve"),
+                                 max_steps=2, per_device_batch_size=2, crop_size=64, num_workers=0,
+                                 output_dir=str(tmp_path / "trainer"))
+    metrics = train_with_trainer(trainer_config)
+    assert 0 <= metrics["eval_mean_iou"] <= 1 and "eval_pq" in metrics
+    for run in ("cli", "trainer"):
+        model = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path / run / "model")
+        processor = MaskFormerImageProcessor.from_pretrained(tmp_path / run / "model")
+        assert model.config.num_labels == 12 and model.class_predictor.out_features == 13
+        assert [model.config.id2label[i] for i in range(12)] == names
+        assert model.config.stuff_label_ids == list(range(8, 12))
+        assert processor.num_labels == 12 and processor.label_ids_to_fuse == list(range(8, 12))
+    assert 0 <= json.loads((tmp_path / "cli" / "metrics.json").read_text())["pq"] <= 1

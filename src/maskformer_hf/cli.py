@@ -37,16 +37,25 @@ def _optional(text: str, kind: type) -> Any:
     return None if text.lower() in ("none", "null") else kind(text)
 
 
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return field.default
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--name`` per :class:`TrainConfig` field (default None: the recipe's or the field's value)."""
+    """One ``--name`` per :class:`TrainConfig` field, its help taken from the field's own (one source).
+    Defaults are None: a value not given comes from the recipe (``--config``), else from the field."""
     hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("recipe fields (TrainConfig; each overrides the recipe's value)")
     for field in dataclasses.fields(TrainConfig):
         hint = hints[field.name]
         text = str(hint)
+        help_text = f"{field.metadata['help']} [default: {_field_default(field)!r}]".replace("%", "%%")
         if "dict" in text:
             kind: Any = json.loads
         elif "list" in text:
-            parser.add_argument(f"--{field.name}", nargs="*", default=None)
+            group.add_argument(f"--{field.name}", nargs="*", default=None, help=help_text)
             continue
         elif hint is bool:
             kind = _parse_bool
@@ -56,7 +65,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             kind = lambda t: _optional(t, float)  # noqa: E731
         else:
             kind = lambda t: _optional(t, str)  # noqa: E731
-        parser.add_argument(f"--{field.name}", type=kind, default=None, metavar=field.name.upper())
+        group.add_argument(f"--{field.name}", type=kind, default=None, metavar=field.name.upper(),
+                           help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -24,55 +24,67 @@ NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm
 NO_DECAY_NAMES = ("relative_position_bias_table", "position_embeddings", "absolute_pos_embed", "pos_embed")
 
 
+def _arg(default: Any, help: str) -> Any:  # noqa: A002
+    """A recipe field with its one-line help (the ``--flag``'s help in ``maskformer-hf train --help``);
+    a ``list`` or ``dict`` default means a fresh empty one."""
+    if default in (list, dict):
+        return field(default_factory=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a training run; a recipe file (YAML or JSON) fills it, flags override it."""
 
     # Data
-    dataset: str = "synthetic"  # synthetic | ade20k | ade20k-parquet | coco-panoptic | semantic-folder | panoptic-folder
-    data_dir: str | None = None  # the dataset's root (synthetic: where it is generated)
-    train_split: str = "train"
-    eval_split: str = "validation"
-    synthetic_num_train: int = 400  # synthetic dataset: images per split and side length
-    synthetic_num_val: int = 100
-    synthetic_size: int = 128
-    image_column: str = "image"  # parquet datasets only
-    annotation_column: str = "annotation"  # parquet datasets only
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    augmentation: str = "ade20k"  # ade20k (scale jitter + crop + flip + colour) | coco-panoptic (DETR) | none
-    crop_size: int = 512
-    min_scale: float = 0.5  # of the crop size (ade20k augmentation)
-    max_scale: float = 2.0
-    eval_size: int | None = None  # shortest edge at evaluation (None: images as they are)
-    num_workers: int = 2
+    dataset: str = _arg("synthetic", "synthetic | ade20k | ade20k-parquet | coco-panoptic | semantic-folder | "
+                        "panoptic-folder")
+    data_dir: str | None = _arg(None, "the dataset's root folder (synthetic: where it is generated; "
+                                "ade20k-parquet: a Hub name or folder)")
+    train_split: str = _arg("train", "split to train on")
+    eval_split: str = _arg("validation", "split to evaluate on")
+    synthetic_num_train: int = _arg(400, "synthetic dataset: training images")
+    synthetic_num_val: int = _arg(100, "synthetic dataset: validation images")
+    synthetic_size: int = _arg(128, "synthetic dataset: image side in pixels")
+    image_column: str = _arg("image", "parquet datasets: the image column")
+    annotation_column: str = _arg("annotation", "parquet datasets: the label-map column")
+    max_train_samples: int | None = _arg(None, "use only the first N training examples")
+    max_eval_samples: int | None = _arg(None, "evaluate on only the first N examples")
+    augmentation: str = _arg("ade20k", "ade20k (scale jitter + crop + flip + colour) | coco-panoptic (DETR) | none")
+    crop_size: int = _arg(512, "training crop side in pixels (ade20k augmentation)")
+    min_scale: float = _arg(0.5, "smallest scale jitter, as a multiple of the crop size (ade20k augmentation)")
+    max_scale: float = _arg(2.0, "largest scale jitter, as a multiple of the crop size (ade20k augmentation)")
+    eval_size: int | None = _arg(None, "shortest edge at evaluation (None: a new model sees images as they are, "
+                                 "a checkpoint keeps its processor's size)")
+    num_workers: int = _arg(2, "DataLoader worker processes (0: load in the main process)")
     # Model
-    model: str = "swin-tiny"  # a preset of maskformer_hf.PRESETS, a local checkpoint or a Hub id
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # MaskFormerConfig fields
-    pretrained_backbone: bool = True  # ImageNet backbone weights for a preset (downloads once)
+    model: str = _arg("swin-tiny", "a preset of maskformer_hf.PRESETS, a local checkpoint or a Hub id "
+                      "(a checkpoint is fine-tuned; its classifier is re-sized to the dataset's classes)")
+    model_overrides: dict[str, Any] = _arg(dict, "MaskFormerConfig fields, as JSON (e.g. '{\"num_queries\": 50}')")
+    pretrained_backbone: bool = _arg(True, "ImageNet backbone weights for a preset (downloads once)")
     # Optimisation (SPEC §5)
-    max_steps: int = 160_000
-    per_device_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    backbone_lr_multiplier: float = 0.1  # 0.1 for CNN backbones, 1.0 for Swin
-    warmup_steps: int = 0
-    poly_power: float = 0.9
-    max_grad_norm: float | None = 0.01  # full-model gradient clipping (L2); None disables
-    mixed_precision: str = "no"  # no | bf16 | fp16 (bf16 on a CPU without native support falls back to no)
-    seed: int = 42
+    max_steps: int = _arg(160_000, "optimizer steps in the whole run")
+    per_device_batch_size: int = _arg(16, "images per process and forward pass")
+    gradient_accumulation_steps: int = _arg(1, "forward passes per optimizer step")
+    learning_rate: float = _arg(1e-4, "AdamW learning rate (peak, after warm-up)")
+    weight_decay: float = _arg(1e-4, "AdamW weight decay (never on norms, embeddings, position tables)")
+    backbone_lr_multiplier: float = _arg(0.1, "backbone learning rate factor: 0.1 for CNN backbones, 1.0 for Swin")
+    warmup_steps: int = _arg(0, "linear warm-up steps before the poly decay")
+    poly_power: float = _arg(0.9, "power of the poly learning-rate decay")
+    max_grad_norm: float | None = _arg(0.01, "full-model gradient clipping (L2 norm); None disables")
+    mixed_precision: str = _arg("no", "no | bf16 | fp16 (bf16 on a CPU without native support falls back to no)")
+    seed: int = _arg(42, "seed of initialisation, data order and augmentation")
     # Bookkeeping
-    output_dir: str = "outputs/maskformer"
-    eval_every: int = 0  # steps; 0: only at the end
-    save_every: int = 0  # steps; 0: only at the end
-    logging_every: int = 10
-    log_with: list[str] = field(default_factory=list)  # accelerate trackers, e.g. ["tensorboard"]
-    resume_from: str | None = None  # a checkpoint folder, or "latest"
-    run_steps: int | None = None  # stop this invocation after this many steps (checkpointed); resume later
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    tta: bool = False  # multi-scale + flip evaluation (semantic)
+    output_dir: str = _arg("outputs/maskformer", "where checkpoints/, model/, log.jsonl and metrics.json go")
+    eval_every: int = _arg(0, "evaluate every N steps (0: only at the end)")
+    save_every: int = _arg(0, "checkpoint every N steps (0: only at the end)")
+    logging_every: int = _arg(10, "log the training loss every N steps")
+    log_with: list[str] = _arg(list, "accelerate trackers, e.g. tensorboard wandb")
+    resume_from: str | None = _arg(None, "a checkpoint folder, or latest (the newest complete one in output_dir)")
+    run_steps: int | None = _arg(None, "stop this invocation after N steps (checkpointed); resume later")
+    push_to_hub: bool = _arg(False, "push the final model, processor and card to the Hub")
+    hub_model_id: str | None = _arg(None, "the Hub repository (owner/name) for push_to_hub")
+    tta: bool = _arg(False, "evaluate with multi-scale + flip test-time augmentation (semantic)")
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "crop_size")
@@ -275,29 +287,32 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
 # --- model -----------------------------------------------------------------------------------------
 def build_model_and_processor(config: TrainConfig, metadata: Any):
-    """A MaskFormer for the dataset's classes: a preset (``config.model`` in ``PRESETS``) built fresh,
-    or a checkpoint fine-tuned (its classifier re-sized if the classes differ), and its processor."""
+    """A MaskFormer for the dataset's classes and its processor: a preset (``config.model`` in
+    ``PRESETS``) built fresh, or a checkpoint fine-tuned. A checkpoint's classifier is re-sized when
+    the classes differ, and everything that names classes follows the dataset: the model config's
+    ``id2label`` and ``stuff_label_ids``, the processor's ``num_labels``, ``ignore_index`` and
+    ``label_ids_to_fuse``. The processor keeps the checkpoint's resizing and normalisation unless
+    ``config.eval_size`` is set."""
     from . import PRESETS, MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
 
     id2label = {int(k): v for k, v in metadata.id2label.items()}
-    labels = dict(num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()})
-    stuff = [i for i in id2label if i not in set(metadata.thing_ids)]
+    stuff = [i for i in id2label if i not in set(metadata.thing_ids)] if metadata.thing_ids else None
+    labels = dict(num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+                  stuff_label_ids=stuff)
+    resize = {"shortest_edge": config.eval_size, "longest_edge": 4 * config.eval_size} if config.eval_size else None
     if config.model in PRESETS:
         model_config = MaskFormerConfig.from_preset(
             config.model, use_pretrained_backbone=config.pretrained_backbone, **{**labels, **config.model_overrides})
-        if metadata.thing_ids:
-            model_config.stuff_label_ids = stuff
         model = MaskFormerForUniversalSegmentation(model_config)
-        resize = {"shortest_edge": config.eval_size, "longest_edge": 4 * config.eval_size} if config.eval_size else None
-        processor = MaskFormerImageProcessor(do_resize=resize is not None, size=resize, size_divisor=32,
-                                             ignore_index=metadata.ignore_index, num_labels=len(id2label))
+        processor = MaskFormerImageProcessor(do_resize=resize is not None, size=resize, size_divisor=32)
     else:
-        overrides = {**labels, **config.model_overrides}
-        if metadata.thing_ids:
-            overrides["stuff_label_ids"] = stuff
         model = MaskFormerForUniversalSegmentation.from_pretrained(config.model, ignore_mismatched_sizes=True,
-                                                                   **overrides)
+                                                                   **{**labels, **config.model_overrides})
         processor = MaskFormerImageProcessor.from_pretrained(config.model)
+        if resize is not None:
+            processor.do_resize, processor.size = True, resize
+    processor.num_labels, processor.ignore_index = len(id2label), metadata.ignore_index
+    processor.label_ids_to_fuse = model.config.stuff_label_ids
     return model, processor
 
 
