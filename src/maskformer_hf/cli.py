@@ -1,5 +1,6 @@
 """``maskformer-hf``: the command line over the library.
 
+    maskformer-hf segment photos/ --model demo_output/model --task panoptic --out segmented
     maskformer-hf train --config ade20k-swin-tiny --data_dir /data/ADEChallengeData2016
     maskformer-hf train --config my_recipe.yaml --max_steps 1000 --engine trainer
     accelerate launch -m maskformer_hf.cli train --config coco-panoptic-swin-tiny --data_dir /data/coco
@@ -98,10 +99,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from . import MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
     from .evaluation import evaluate_segmentation
+    from .segment import load_segmenter
     from .train_loop import _summary
     from .training import load_splits
 
@@ -109,9 +108,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
                          train_split=args.split, max_eval_samples=args.max_samples,
                          image_column=args.image_column, annotation_column=args.annotation_column)
     _, dataset, metadata = load_splits(config)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = MaskFormerForUniversalSegmentation.from_pretrained(args.model).to(device)
-    processor = MaskFormerImageProcessor.from_pretrained(args.model)
+    model, processor = load_segmenter(args.model, args.device)
     metrics = _summary(evaluate_segmentation(model, processor, dataset, metadata, batch_size=args.batch_size,
                                              threshold=args.threshold, tta=args.tta))
     report = {"model": args.model, "dataset": args.dataset, "split": args.split, "images": len(dataset),
@@ -124,26 +121,79 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def run_segment(args: argparse.Namespace) -> int:
+    """``maskformer-hf segment``: exit status 0 when at least one image was segmented, else 1."""
+    from tqdm.auto import tqdm
+
+    from .segment import find_images, load_segmenter, segment_files
+
+    paths, problems = find_images(args.inputs)
+    for problem in problems:
+        print(f"skipped {problem}", file=sys.stderr)
+    if not paths:
+        print("nothing to segment", file=sys.stderr)
+        return 1
+    model, processor = load_segmenter(args.model, args.device)
+    run = segment_files(paths, model, processor, args.out, task=args.task, batch_size=args.batch_size,
+                        threshold=args.threshold, mask_threshold=args.mask_threshold,
+                        overlap_mask_area_threshold=args.overlap_threshold, progress=not args.quiet,
+                        report=tqdm.write)
+    print(f"{len(run.segmented)} of {len(paths)} images segmented ({args.task}), {len(run.skipped)} skipped; "
+          f"results in {args.out}")
+    return 0 if run.segmented else 1
+
+
+def segment_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR_OR_GLOB",
+                        help="image files, folders (searched recursively) or glob patterns (quote them)")
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (transformers' MaskFormer too)")
+    parser.add_argument("--task", choices=["semantic", "instance", "panoptic"], default="panoptic",
+                        help="which result to compute and write")
+    parser.add_argument("--out", default="segmented", help="output folder (created)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="panoptic/instance: minimum score of a kept segment")
+    parser.add_argument("--mask-threshold", "--mask_threshold", dest="mask_threshold", type=float, default=0.5,
+                        help="panoptic/instance: mask probability that counts as inside")
+    parser.add_argument("--overlap-threshold", "--overlap_threshold", dest="overlap_threshold", type=float,
+                        default=0.8, help="panoptic/instance: drop a segment keeping less than this of its own mask")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4,
+                        help="images per forward pass (padded; results do not depend on it)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def evaluate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    parser.add_argument("--dataset", required=True, help="synthetic, ade20k, coco-panoptic, ... (as in train)")
+    parser.add_argument("--data_dir", help="the dataset's folder (or parquet name)")
+    parser.add_argument("--split", default="validation", help="the split to evaluate")
+    parser.add_argument("--max_samples", type=int, help="evaluate on only the first N examples")
+    parser.add_argument("--batch_size", type=int, default=4, help="images per forward pass")
+    parser.add_argument("--threshold", type=float, default=0.8, help="panoptic: minimum class probability")
+    parser.add_argument("--tta", action="store_true", help="semantic: multi-scale + flip")
+    parser.add_argument("--image_column", default="image", help="parquet datasets: the image column")
+    parser.add_argument("--annotation_column", default="annotation", help="parquet datasets: the label-map column")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--output", default="evaluation.json", help="where the JSON report goes")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskformer-hf", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    segment_parser(commands.add_parser("segment", help="segment images; write overlays and predictions"))
     train_parser(commands.add_parser("train", help="train a model (accelerate loop or Trainer)"))
-    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a dataset split, write a JSON report")
-    evaluate.add_argument("--model", required=True, help="checkpoint folder or Hub id")
-    evaluate.add_argument("--dataset", required=True, help="synthetic, ade20k, coco-panoptic, ... (as in train)")
-    evaluate.add_argument("--data_dir", help="the dataset's folder (or parquet name)")
-    evaluate.add_argument("--split", default="validation")
-    evaluate.add_argument("--max_samples", type=int)
-    evaluate.add_argument("--batch_size", type=int, default=4)
-    evaluate.add_argument("--threshold", type=float, default=0.8, help="panoptic: minimum class probability")
-    evaluate.add_argument("--tta", action="store_true", help="semantic: multi-scale + flip")
-    evaluate.add_argument("--image_column", default="image")
-    evaluate.add_argument("--annotation_column", default="annotation")
-    evaluate.add_argument("--device")
-    evaluate.add_argument("--output", default="evaluation.json")
+    evaluate_parser(commands.add_parser("evaluate", help="evaluate a checkpoint on a dataset split, write a JSON report"))
     commands.add_parser("recipes", help="list the shipped training recipes")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.command == "segment":
+        return run_segment(args)
     if args.command == "train":
         run_train(args)
     elif args.command == "evaluate":
@@ -151,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         for path in sorted(RECIPES_DIR.glob("*.yaml")):
             print(path.stem)
+    return 0
 
 
 if __name__ == "__main__":

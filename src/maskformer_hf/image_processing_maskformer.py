@@ -137,11 +137,26 @@ def _unique_ids(flat: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
 # ---------------------------------------------------------------------------------------------
 # Inputs -> tensors
 # ---------------------------------------------------------------------------------------------
+def pil_to_rgb(image: Image.Image) -> Image.Image:
+    """A PIL image of any mode -> RGB. 16-bit grey (``I;16*``, and ``I`` with values above 255) is
+    scaled to 8 bits (``v / 257``) instead of clipped at 255 as ``convert("RGB")`` would; palette,
+    grey, CMYK and alpha modes convert as PIL does (alpha dropped)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise ValueError(f"image: {image.mode} pixels must lie in [0, 65535], got {low}..{high}")
+        if image.mode.startswith("I;16") or high > 255:
+            values = (values * 255 + 32767) // 65535
+        return Image.fromarray(values.astype(np.uint8), mode="L").convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def _image_to_tensor(image: Any) -> Tensor:
     """PIL / numpy / torch image (RGB, grey or RGBA; HWC or CHW) -> `(3, H, W)` uint8 or float32."""
     if isinstance(image, Image.Image):
         if image.mode not in ("RGB", "L", "RGBA"):
-            image = image.convert("RGB")
+            image = pil_to_rgb(image)
         array = torch.from_numpy(np.array(image))
         layout = "hwc"
     elif isinstance(image, np.ndarray):
