@@ -269,3 +269,17 @@ def test_bad_inputs_raise_clear_errors():
         processor([image, image[:4]], do_pad=False)
     with pytest.raises(ValueError, match="size"):
         MaskFormerImageProcessor(size={"longest_edge": 5})
+
+
+def test_16_bit_grey_images_are_scaled_not_clipped():
+    """PIL's convert("RGB") clips 16-bit grey at 255 (a white image); the processor scales v -> v / 257."""
+    grey = np.random.default_rng(0).integers(0, 256, (20, 30), dtype=np.uint8)
+    processor = MaskFormerImageProcessor(do_resize=False)
+    deep = Image.fromarray(grey.astype(np.uint16) * 257)
+    assert deep.mode.startswith("I;16")
+    expected = processor(Image.fromarray(grey))["pixel_values"]
+    assert torch.equal(processor(deep)["pixel_values"], expected)
+    as_int32 = Image.fromarray(grey.astype(np.int32) * 257)  # mode "I" with 16-bit values
+    assert torch.equal(processor(as_int32)["pixel_values"], expected)
+    with pytest.raises(ValueError, match=r"\[0, 65535\]"):
+        processor(Image.fromarray(np.full((4, 4), -5, np.int32)))
