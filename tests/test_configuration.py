@@ -65,3 +65,24 @@ def test_plain_swin_backbone_config_becomes_maskformer_swin():
                                                "num_heads": [1, 1, 1, 1]})
     assert config.backbone_config.model_type == "maskformer-swin"
     assert config.backbone_config.embed_dim == 48
+
+
+def test_resizing_the_classes_drops_stale_stuff_ids(tmp_path):
+    """from_pretrained(..., num_labels=N) replaces the classes: a checkpoint's stuff_label_ids of the old
+    classes are dropped (they used to fail validation, or silently fuse the wrong classes), and ones
+    passed with the new classes are kept."""
+    from maskformer_hf import MaskFormerForUniversalSegmentation
+
+    from conftest import tiny_config
+
+    MaskFormerForUniversalSegmentation(tiny_config(num_labels=6, stuff_label_ids=[3, 4, 5])).save_pretrained(tmp_path)
+    fewer = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path, num_labels=4, ignore_mismatched_sizes=True)
+    assert fewer.config.num_labels == 4 and fewer.config.stuff_label_ids is None
+    assert fewer.class_predictor.out_features == 5
+    more = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path, num_labels=12, ignore_mismatched_sizes=True,
+                                                              stuff_label_ids=[10, 11])
+    assert more.config.num_labels == 12 and more.config.stuff_label_ids == [10, 11]
+    same = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path)
+    assert same.config.stuff_label_ids == [3, 4, 5]
+    with pytest.raises(ValueError, match="stuff_label_ids"):
+        MaskFormerConfig(num_labels=4, stuff_label_ids=[5])

@@ -9,11 +9,14 @@ same, so values carry over one to one when a transformers checkpoint is converte
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
 from .transformer_decoder import ACTIVATIONS
+
+logger = logging.getLogger(__name__)
 
 
 def _swin(embed_dim: int, depths: list[int], heads: list[int], window: int, image_size: int) -> dict:
@@ -178,7 +181,15 @@ class MaskFormerConfig(PretrainedConfig):
         self.init_std = init_std
         self.init_xavier_std = init_xavier_std
         self.stuff_label_ids = sorted({int(i) for i in stuff_label_ids}) if stuff_label_ids is not None else None
+        resized = kwargs.get("num_labels") is not None and kwargs.get("id2label") is not None and \
+            len(kwargs["id2label"]) != kwargs["num_labels"]
         super().__init__(**kwargs)
+        if resized and self.stuff_label_ids is not None:
+            # from_pretrained(..., num_labels=N): the classes are replaced, so the old ones' stuff ids no
+            # longer mean anything (pass stuff_label_ids for the new classes along with num_labels).
+            logger.warning("MaskFormerConfig: num_labels=%d replaces %d classes; stuff_label_ids %s of the old "
+                           "classes are dropped", kwargs["num_labels"], len(kwargs["id2label"]), self.stuff_label_ids)
+            self.stuff_label_ids = None
         self.validate()
 
     # ------------------------------------------------------------------------------------------
