@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench bench-train bench-data bench-processing clean
+.PHONY: install test demo app bench bench-train bench-data bench-processing clean
 
 install: $(STAMP)
 
@@ -22,6 +22,13 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/train.py --config demo
 	$(PY) scripts/demo_report.py --run demo_output
+
+# The web demo (app.py, Gradio) on the demo checkpoint, trained first by `make demo` when it is missing.
+app: $(STAMP) demo_output/model/config.json
+	MASKFORMER_MODEL=demo_output/model $(PY) app.py
+
+demo_output/model/config.json:
+	$(MAKE) demo
 
 # Speed figures of the README (run on an idle machine; prints ours vs transformers in one run).
 bench: $(STAMP)
