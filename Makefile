@@ -18,16 +18,20 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Generate the synthetic dataset, train a small MaskFormer with scripts/train.py, evaluate it (mIoU, PQ),
-# run pipeline("image-segmentation") on held-out images; everything lands in demo_output/.
+# draw prediction against ground truth through pipeline("image-segmentation"), then segment held-out images
+# with `maskformer-hf segment`; everything lands in $(DEMO_OUT)/. DEMO_FLAGS: extra recipe flags (tests shrink the run).
+DEMO_OUT ?= demo_output
+DEMO_FLAGS ?=
 demo: $(STAMP)
-	$(PY) scripts/train.py --config demo
-	$(PY) scripts/demo_report.py --run demo_output
+	$(PY) scripts/train.py --config demo --output_dir $(DEMO_OUT) --data_dir $(DEMO_OUT)/data $(DEMO_FLAGS)
+	$(PY) scripts/demo_report.py --run $(DEMO_OUT)
+	$(VENV)/bin/maskformer-hf segment "$(DEMO_OUT)/data/coco/val2017/synthetic_00000*.jpg" --model $(DEMO_OUT)/model --out $(DEMO_OUT)/segmented --quiet
 
 # The web demo (app.py, Gradio) on the demo checkpoint, trained first by `make demo` when it is missing.
-app: $(STAMP) demo_output/model/config.json
-	MASKFORMER_MODEL=demo_output/model $(PY) app.py
+app: $(STAMP) $(DEMO_OUT)/model/config.json
+	MASKFORMER_MODEL=$(DEMO_OUT)/model $(PY) app.py
 
-demo_output/model/config.json:
+$(DEMO_OUT)/model/config.json:
 	$(MAKE) demo
 
 # Speed figures of the README (run on an idle machine; prints ours vs transformers in one run).

@@ -1,0 +1,288 @@
+"""Every code block and command of README.md and docs/*.md runs, on tiny data, so that none can rot.
+
+Each page runs top to bottom in a fresh workspace: a temporary folder holding what a reader has
+after ``make demo`` (``demo_output/`` from a tiny run of the demo recipe), links to the repository's
+``scripts/``, ``benchmarks/``, ``assets/`` and ``app.py``, small data sets in the official layouts
+(``data/ADEChallengeData2016``, ``data/coco``, ``my_data`` as a panoptic folder), ``photos/`` and tiny
+stand-ins for the Hub checkpoints the page names (``facebook/maskformer-*``: local folders of that
+name, which ``from_pretrained`` takes before the Hub; the network is off).
+
+* ``python`` blocks run in one namespace per page, as written. Uploads to the Hub
+  (``huggingface_hub.create_repo`` / ``upload_folder``) are recorded instead of sent, and the
+  folder uploaded is checked to be a complete checkpoint.
+* ``bash`` blocks run one command per line through bash. Commands that train, evaluate, benchmark or
+  generate data get budget flags appended (``BUDGETS``; argparse keeps the last value of a flag):
+  the command as written, with 2 steps, 64-pixel crops, a few examples and, for paper presets, a tiny
+  model. ``make`` targets run in the repository with the demo's output folder and budget passed as
+  variables; servers (``make app``, ``python app.py``) are started, asked for their page, and stopped.
+* ``text`` blocks (layouts, outputs) are not commands. What else is not run, and why: ``NOT_RUN``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import scene, tiny_hf_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+NOT_RUN = {"make test": "the command that runs this very suite (CI runs it through .ci/run)"}
+LINKED = ("scripts", "benchmarks", "assets", "app.py", "src")
+
+TINY_MODEL = {"backbone": "resnet18", "backbone_config": None, "hidden_size": 32, "fpn_feature_size": 32,
+              "mask_feature_size": 32, "num_queries": 12, "decoder_layers": 2, "decoder_ffn_dim": 64,
+              "decoder_attention_heads": 4, "encoder_layers": 0}
+TRAIN_BUDGET = ["--max_steps", "2", "--per_device_batch_size", "2", "--gradient_accumulation_steps", "1",
+                "--num_workers", "0", "--crop_size", "64", "--eval_size", "64", "--max_train_samples", "8",
+                "--max_eval_samples", "2", "--eval_every", "0", "--save_every", "0", "--warmup_steps", "0",
+                "--pretrained_backbone", "false", "--synthetic_num_train", "8", "--synthetic_num_val", "4",
+                "--synthetic_size", "64"]
+BUDGETS = {  # a piece of the command -> flags appended
+    "benchmarks/bench_forward.py": ["--size", "96", "--repeats", "1"],
+    "benchmarks/bench_train_step.py": ["--size", "64", "--steps", "1", "--segments", "2", "--repeats", "1"],
+    "benchmarks/bench_processing.py": ["--batch", "2", "--height", "48", "--width", "64", "--queries", "12",
+                                       "--classes", "10", "--mask-size", "16", "--confident", "4", "--repeats", "1"],
+    "benchmarks/bench_data.py": ["--size", "80", "--crop", "64", "--train-steps", "1", "--batches", "2",
+                                 "--images", "8"],
+    "maskformer_hf.data.synthetic": ["--num-train", "4", "--num-val", "2", "--size", "64"],
+    "maskformer-hf evaluate": ["--max_samples", "2"],
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the pages
+# ---------------------------------------------------------------------------------------------
+def code_blocks(page: str) -> list[tuple[str, str]]:
+    """``(language, code)`` of each fenced block, in order."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", (ROOT / page).read_text(), flags=re.S | re.M)
+
+
+def shell_commands(code: str) -> list[list[str]]:
+    """One token list per command (continuation lines joined, comments dropped)."""
+    joined = re.sub(r"\\\n", " ", code)
+    return [tokens for line in joined.splitlines() if (tokens := shlex.split(line, comments=True))]
+
+
+def hub_ids(page: str) -> set[str]:
+    return set(re.findall(r"facebook/maskformer-[\w.-]+", (ROOT / page).read_text()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The workspace
+# ---------------------------------------------------------------------------------------------
+def write_panoptic_folder(root: Path, num_train: int = 8, num_val: int = 4) -> None:
+    """``my_data`` as the README describes it: classes.json, images/, R = class / G = instance PNGs."""
+    classes = ["sky", "road", {"name": "car", "isthing": True}, {"name": "person", "isthing": True}, "tree"]
+    root.mkdir(parents=True)
+    (root / "classes.json").write_text(json.dumps({"classes": classes}))
+    for split, count in (("train", num_train), ("validation", num_val)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for index in range(count):
+            pixels, ids = scene(64, 64, 100 * len(split) + index)
+            value = np.where(ids >= 100, ids - 98, ids) + 1  # car = 3, person = 4 (1-based class values)
+            instance = (ids >= 100).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "images" / split / f"{index:04d}.jpg")
+            Image.fromarray(np.dstack([value, instance, 0 * instance]).astype(np.uint8)).save(
+                root / "annotations" / split / f"{index:04d}.png")
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory, trained_checkpoint):
+    """What every workspace starts from, built once: a tiny demo run, data sets, photos."""
+    from maskformer_hf.data.synthetic import write_synthetic_dataset
+    from maskformer_hf.train_loop import train
+    from maskformer_hf.training import TrainConfig
+
+    base = tmp_path_factory.mktemp("docs-shared")
+    demo = base / "demo_output"
+    budget = dict(zip([f.lstrip("-") for f in TRAIN_BUDGET[::2]], TRAIN_BUDGET[1::2]))
+    values = {k: (v == "true" if v in ("true", "false") else int(v)) for k, v in budget.items()}
+    train(TrainConfig.from_file("demo", **values, output_dir=str(demo), data_dir=str(demo / "data")))
+    shutil.rmtree(demo / "checkpoints")  # optimizer states: large, and no page needs them
+    write_synthetic_dataset(base / "data", num_train=8, num_val=4, size=64)
+    write_panoptic_folder(base / "my_data")
+    (base / "photos").mkdir()
+    Image.fromarray(scene(70, 90, 1)[0]).save(base / "photos" / "example.png")
+    Image.fromarray(scene(64, 48, 2)[0]).save(base / "photos" / "other.jpg")
+    return base
+
+
+@pytest.fixture(scope="session")
+def hub_stand_ins(tmp_path_factory):
+    """Tiny transformers MaskFormer checkpoints (with their processor) under a Hub id's name."""
+    from transformers import MaskFormerImageProcessor as ReferenceProcessor
+
+    base = tmp_path_factory.mktemp("hub")
+
+    def get(hub_id: str) -> Path:
+        folder = base / hub_id
+        if not folder.exists():
+            tiny_hf_model("swin" if "swin" in hub_id else "resnet").save_pretrained(folder)
+            ReferenceProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(folder)
+        return folder
+    return get
+
+
+def make_workspace(path: Path, shared: Path, page: str, hub_stand_ins) -> Path:
+    for name in ("data", "photos"):
+        (path / name).symlink_to(shared / name)
+    for name in ("demo_output", "my_data"):
+        shutil.copytree(shared / name, path / name)
+    for name in LINKED:
+        (path / name).symlink_to(ROOT / name)
+    for hub_id in hub_ids(page):
+        (path / hub_id).parent.mkdir(parents=True, exist_ok=True)
+        (path / hub_id).symlink_to(hub_stand_ins(hub_id))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Running commands
+# ---------------------------------------------------------------------------------------------
+def environment() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               GRADIO_ANALYTICS_ENABLED="False", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def train_budget(tokens: list[str]) -> list[str]:
+    """The training budget, plus a tiny model when the command trains a paper preset from scratch."""
+    from maskformer_hf import PRESETS
+    from maskformer_hf.training import TrainConfig
+
+    model = tokens[tokens.index("--model") + 1] if "--model" in tokens else None
+    if model is None:
+        model = TrainConfig.from_file(tokens[tokens.index("--config") + 1]).model if "--config" in tokens \
+            else TrainConfig().model
+    return TRAIN_BUDGET + (["--model_overrides", json.dumps(TINY_MODEL)] if model in PRESETS else [])
+
+
+def with_budget(tokens: list[str]) -> list[str]:
+    text = " ".join(tokens)
+    if "--help" in tokens:
+        return tokens
+    if "scripts/train.py" in tokens or "maskformer-hf train" in text:
+        return tokens + train_budget(tokens)
+    for piece, flags in BUDGETS.items():
+        if piece in text:
+            return tokens + flags
+    return tokens
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_and_stop(command: list[str], cwd: Path, env: dict[str, str]) -> None:
+    """Start a server command, wait until its page answers, stop it."""
+    port = free_port()
+    env = dict(env, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
+    process = subprocess.Popen(["bash", "-c", shlex.join(command)], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"{shlex.join(command)} exited with {process.returncode}:\n{process.stdout.read()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    assert response.status == 200
+                    return
+            except OSError:
+                time.sleep(1)
+        raise AssertionError(f"{shlex.join(command)}: no page on port {port} after 180 s")
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=60)
+
+
+def run_command(tokens: list[str], workspace: Path) -> None:
+    env = environment()
+    text = shlex.join(tokens)
+    if tokens[0] == "make":
+        target = tokens[1] if len(tokens) > 1 else "demo"
+        demo_flags = shlex.join(train_budget(["--config", "demo"]))
+        tokens = ["make", "-C", str(ROOT), *tokens[1:], f"DEMO_OUT={workspace / 'demo_output'}",
+                  f"DEMO_FLAGS={demo_flags}"]
+        if target == "app":
+            return serve_and_stop(tokens, workspace, env)
+    if "app.py" in tokens:
+        return serve_and_stop(tokens, workspace, env)
+    tokens = with_budget(tokens)
+    done = subprocess.run(["bash", "-c", shlex.join(tokens)], cwd=workspace, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, f"{text}\n(run as: {shlex.join(tokens)})\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+
+
+class FakeHub:
+    """``create_repo`` / ``upload_folder`` recorded; an upload must be a complete checkpoint."""
+
+    def __init__(self) -> None:
+        self.uploads: list[tuple[str, Path]] = []
+
+    def create_repo(self, repo_id: str, **kwargs) -> str:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id), repo_id
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, repo_id: str, folder_path: str, **kwargs) -> str:
+        files = {p.name for p in Path(folder_path).iterdir()}
+        assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= files, files
+        self.uploads.append((repo_id, Path(folder_path)))
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_stand_ins):
+    import huggingface_hub
+
+    blocks = code_blocks(page)
+    assert blocks or page == "docs/benchmarks.md"
+    workspace = make_workspace(tmp_path, shared, page, hub_stand_ins)
+    monkeypatch.chdir(workspace)
+    for name, value in environment().items():
+        monkeypatch.setenv(name, value)
+    hub = FakeHub()
+    monkeypatch.setattr(huggingface_hub, "create_repo", hub.create_repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", hub.upload_folder)
+    namespace: dict = {"__name__": "__docs__"}
+    ran = 0
+    for language, code in blocks:
+        if language == "python":
+            exec(compile(code, page, "exec"), namespace)
+            ran += 1
+        elif language in ("bash", "sh", "shell"):
+            for tokens in shell_commands(code):
+                if " ".join(tokens) in NOT_RUN:
+                    continue
+                run_command(tokens, workspace)
+                ran += 1
+    assert ran > 0
+    if "upload_folder(" in (ROOT / page).read_text():
+        assert hub.uploads, "the page uploads to the Hub, but nothing was uploaded"
+
+
+def test_readme_is_a_front_door_that_links_every_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for page in PAGES[1:]:
+        assert f"({page})" in readme, f"README.md does not link {page}"
+    for target in re.findall(r"\]\(((?:docs/)?[\w/.-]+\.(?:md|png))(?:#[\w-]+)?\)", readme):
+        assert (ROOT / target).exists(), target
