@@ -351,13 +351,13 @@ def test_dataloader_with_two_workers(tmp_path):
         assert set(row["instance_id_to_semantic_id"]) == set(row["label_map"].unique().tolist()) - {0}
 
 
-def test_readme_data_example_runs(tmp_path, monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "write_synthetic_dataset" in b]
+def test_docs_data_example_gives_what_it_says(tmp_path, monkeypatch):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "write_synthetic_dataset" in b]
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    exec(compile(blocks[0], "docs/data.md", "exec"), namespace)
     example = namespace["example"]
     assert example["image"].dtype == torch.uint8 and example["label_map"].dtype == torch.int64
     assert set(example["instance_id_to_semantic_id"]) == set(example["label_map"].unique().tolist()) - {0}

@@ -113,17 +113,6 @@ def test_trainer_route_and_evaluate_command(tmp_path):
     result = json.loads(report.read_text())
     assert result["images"] == 4 and 0 <= result["mean_iou"] <= 1 and 0 <= result["pq"] <= 1
 
-
-def test_bench_data_runs(tmp_path):
-    out = tmp_path / "data.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_data.py"), "--size", "80", "--crop", "64",
-                           "--train-steps", "1", "--batches", "2", "--images", "8", "--output", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert result["loader_images_per_s"] > 0 and result["train_images_per_s"] > 0 and "loader / model" in done.stdout
-
-
 def test_fine_tuning_a_checkpoint_on_other_classes(tmp_path):
     """The commonest flow: a trained 6-class checkpoint fine-tuned on a data set with 12 other classes,
     through the CLI and through the Trainer route. Model and processor both follow the new classes."""
