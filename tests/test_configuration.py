@@ -82,7 +82,13 @@ def test_resizing_the_classes_drops_stale_stuff_ids(tmp_path):
     more = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path, num_labels=12, ignore_mismatched_sizes=True,
                                                               stuff_label_ids=[10, 11])
     assert more.config.num_labels == 12 and more.config.stuff_label_ids == [10, 11]
+    renamed = MaskFormerForUniversalSegmentation.from_pretrained(  # transformers' idiom: new id2label only
+        tmp_path, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2}, ignore_mismatched_sizes=True)
+    assert renamed.config.num_labels == 3 and renamed.config.stuff_label_ids is None
+    renamed.save_pretrained(tmp_path / "renamed")  # used to fail validation here, at the end of a fine-tune
     same = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path)
     assert same.config.stuff_label_ids == [3, 4, 5]
+    with pytest.raises(ValueError, match="stuff_label_ids"):
+        MaskFormerForUniversalSegmentation.from_pretrained(tmp_path, stuff_label_ids=[9])
     with pytest.raises(ValueError, match="stuff_label_ids"):
         MaskFormerConfig(num_labels=4, stuff_label_ids=[5])

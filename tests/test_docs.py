@@ -13,9 +13,10 @@ name, which ``from_pretrained`` takes before the Hub; the network is off).
 * ``bash`` blocks run one command per line through bash. Commands that train, evaluate, benchmark or
   generate data get budget flags appended (``BUDGETS``; argparse keeps the last value of a flag):
   the command as written, with 2 steps, 64-pixel crops, a few examples and, for paper presets, a tiny
-  model. ``make`` targets run in the repository with the demo's output folder and budget passed as
+  model of the same backbone family. ``make`` targets run in the repository with the demo's output folder and budget passed as
   variables; servers (``make app``, ``python app.py``) are started, asked for their page, and stopped.
-* ``text`` blocks (layouts, outputs) are not commands. What else is not run, and why: ``NOT_RUN``.
+* ``text`` blocks (layouts, outputs) are not commands; a fence of any other language fails the
+  test. What else is not run, and why: ``NOT_RUN``.
 """
 
 from __future__ import annotations
@@ -43,14 +44,16 @@ PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").
 NOT_RUN = {"make test": "the command that runs this very suite (CI runs it through .ci/run)"}
 LINKED = ("scripts", "benchmarks", "assets", "app.py", "src")
 
-TINY_MODEL = {"backbone": "resnet18", "backbone_config": None, "hidden_size": 32, "fpn_feature_size": 32,
-              "mask_feature_size": 32, "num_queries": 12, "decoder_layers": 2, "decoder_ffn_dim": 64,
-              "decoder_attention_heads": 4, "encoder_layers": 0}
-TRAIN_BUDGET = ["--max_steps", "2", "--per_device_batch_size", "2", "--gradient_accumulation_steps", "1",
-                "--num_workers", "0", "--crop_size", "64", "--eval_size", "64", "--max_train_samples", "8",
-                "--max_eval_samples", "2", "--eval_every", "0", "--save_every", "0", "--warmup_steps", "0",
-                "--pretrained_backbone", "false", "--synthetic_num_train", "8", "--synthetic_num_val", "4",
-                "--synthetic_size", "64"]
+TINY_MODEL = {"hidden_size": 32, "fpn_feature_size": 32, "mask_feature_size": 32, "num_queries": 12,
+              "decoder_layers": 2, "decoder_ffn_dim": 64, "decoder_attention_heads": 4, "encoder_layers": 0}
+TINY_BACKBONES = {  # a paper preset's backbone family, shrunk
+    "swin": {"backbone_config": {"model_type": "maskformer-swin", "embed_dim": 32, "depths": [1, 1, 2, 1],
+                                 "num_heads": [1, 2, 2, 4], "window_size": 4, "image_size": 64}},
+    "resnet": {"backbone": "resnet18", "backbone_config": None},
+}
+TRAIN_BUDGET = ["--max_steps", "2", "--per_device_batch_size", "2", "--num_workers", "0", "--crop_size", "64",
+                "--eval_size", "64", "--max_train_samples", "8", "--max_eval_samples", "2", "--pretrained_backbone",
+                "false", "--synthetic_num_train", "8", "--synthetic_num_val", "4", "--synthetic_size", "64"]
 BUDGETS = {  # a piece of the command -> flags appended
     "benchmarks/bench_forward.py": ["--size", "96", "--repeats", "1"],
     "benchmarks/bench_train_step.py": ["--size", "64", "--steps", "1", "--segments", "2", "--repeats", "1"],
@@ -66,9 +69,18 @@ BUDGETS = {  # a piece of the command -> flags appended
 # ---------------------------------------------------------------------------------------------
 # Reading the pages
 # ---------------------------------------------------------------------------------------------
+LANGUAGES = {"python": "run", "bash": "run", "text": "not code: layouts, outputs"}
+
+
 def code_blocks(page: str) -> list[tuple[str, str]]:
-    """``(language, code)`` of each fenced block, in order."""
-    return re.findall(r"^```(\w*)\n(.*?)^```", (ROOT / page).read_text(), flags=re.S | re.M)
+    """``(language, code)`` of each fenced block, in order; every fence names one of ``LANGUAGES``
+    (so that no block can escape the harness under another name)."""
+    text = (ROOT / page).read_text()
+    fences = re.findall(r"^```(.*)$", text, flags=re.M)
+    openings = fences[::2]
+    assert len(fences) % 2 == 0 and all(f == "" for f in fences[1::2]), f"{page}: unbalanced fences"
+    assert set(openings) <= set(LANGUAGES), f"{page}: fences {sorted(set(openings) - set(LANGUAGES))}"
+    return re.findall(r"^```(\w+)\n(.*?)^```", text, flags=re.S | re.M)
 
 
 def shell_commands(code: str) -> list[list[str]]:
@@ -139,9 +151,8 @@ def hub_stand_ins(tmp_path_factory):
 
 
 def make_workspace(path: Path, shared: Path, page: str, hub_stand_ins) -> Path:
-    for name in ("data", "photos"):
-        (path / name).symlink_to(shared / name)
-    for name in ("demo_output", "my_data"):
+    (path / "photos").symlink_to(shared / "photos")
+    for name in ("demo_output", "my_data", "data"):  # copies: pages write into them
         shutil.copytree(shared / name, path / name)
     for name in LINKED:
         (path / name).symlink_to(ROOT / name)
@@ -162,15 +173,23 @@ def environment() -> dict[str, str]:
 
 
 def train_budget(tokens: list[str]) -> list[str]:
-    """The training budget, plus a tiny model when the command trains a paper preset from scratch."""
+    """The training budget: 2 steps (``--run_steps`` becomes 1, so a later ``--resume_from latest``
+    really resumes), small crops and sets; and when the command trains a paper preset from scratch, a
+    tiny model of the preset's backbone family, merged into the recipe's own ``model_overrides``."""
     from maskformer_hf import PRESETS
     from maskformer_hf.training import TrainConfig
 
-    model = tokens[tokens.index("--model") + 1] if "--model" in tokens else None
-    if model is None:
-        model = TrainConfig.from_file(tokens[tokens.index("--config") + 1]).model if "--config" in tokens \
-            else TrainConfig().model
-    return TRAIN_BUDGET + (["--model_overrides", json.dumps(TINY_MODEL)] if model in PRESETS else [])
+    recipe = TrainConfig.from_file(tokens[tokens.index("--config") + 1]) if "--config" in tokens else TrainConfig()
+    model = tokens[tokens.index("--model") + 1] if "--model" in tokens else recipe.model
+    budget = TRAIN_BUDGET + (["--run_steps", "1"] if "--run_steps" in tokens else [])
+    if model not in PRESETS:
+        return budget
+    overrides = json.loads(tokens[tokens.index("--model_overrides") + 1]) if "--model_overrides" in tokens \
+        else dict(recipe.model_overrides)
+    family = "swin" if "swin" in model else "resnet"
+    if "backbone" in overrides and "swin" not in str(overrides["backbone"]):
+        family = "resnet"
+    return budget + ["--model_overrides", json.dumps({**overrides, **TINY_MODEL, **TINY_BACKBONES[family]})]
 
 
 def with_budget(tokens: list[str]) -> list[str]:
@@ -268,7 +287,7 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_s
         if language == "python":
             exec(compile(code, page, "exec"), namespace)
             ran += 1
-        elif language in ("bash", "sh", "shell"):
+        elif language == "bash":
             for tokens in shell_commands(code):
                 if " ".join(tokens) in NOT_RUN:
                     continue

@@ -97,8 +97,11 @@ def test_panoptic_files_decode_to_the_pipelines_segments(checkpoint, image_dir, 
             assert overlay.width == image.width and overlay.height >= image.height
     assert total >= 10  # the comparison is not vacuous
     run = json.loads((out / "predictions_panoptic.json").read_text())
-    assert [a["image_id"] for a in run["annotations"]] == GOOD
+    assert [a["image_id"] for a in run["annotations"]] == list(range(5))  # COCO ids: integers, in run order
+    assert [i["file_name"] for i in run["images"]] == ["alpha.png", "colour.jpg", "deep.png", "grey.png", "tall.png"]
+    assert [a["file_name"] for a in run["annotations"]] == [f"{name}_panoptic.png" for name in GOOD]
     assert [c["name"] for c in run["categories"]] == list(LABELS.values())
+    assert [c["isthing"] for c in run["categories"]] == [0, 0, 1, 1, 0]
 
 
 def test_semantic_and_instance_files_decode_to_the_pipelines_segments(checkpoint, image_dir, tmp_path):
@@ -164,8 +167,55 @@ def test_exit_status_is_non_zero_only_when_nothing_was_segmented(checkpoint, ima
     assert segment(checkpoint, [tmp_path / "no-such-folder"], tmp_path / "none") == 1
     assert "nothing to segment" in capsys.readouterr().err
     assert segment(checkpoint, [image_dir / "broken.png", image_dir / "grey.png"], tmp_path / "one") == 0
-    with pytest.raises(SystemExit):
-        cli_main(["segment", str(image_dir), "--model", str(checkpoint), "--task", "depth"])
+    assert segment(tmp_path / "not-a-checkpoint", [image_dir / "grey.png"], tmp_path / "two") == 2
+    assert "could not load a checkpoint" in capsys.readouterr().err
+    for flags in (["--task", "depth"], ["--threshold", "2"], ["--batch-size", "0"], ["--size", "-3"],
+                  ["--device", "gpu"]):
+        with pytest.raises(SystemExit) as exit_info:  # argparse: usage and status 2, before any model is loaded
+            cli_main(["segment", str(image_dir), "--model", str(checkpoint), *flags])
+        assert exit_info.value.code == 2, flags
+
+
+def test_names_outputs_and_failures(checkpoint, image_dir, tmp_path, capsys, monkeypatch):
+    """Names never collide (case-blind; not with the run's COCO file), the output folder is not read
+    back as input, a file that fails in the model is skipped, and --size sets the model's input size."""
+    from maskformer_hf import segment as segment_module
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("predictions.png", "A.png", "sub/a.png", "a.jpg"):
+        Image.fromarray(picture(40, 50, len(name))).save(folder / name)
+    Image.fromarray(np.full((8, 8), -5, np.int32)).save(folder / "negative.tif")
+    out = folder / "segmented"
+    assert segment(checkpoint, [folder], out, *THRESHOLDS) == 0
+    assert segment(checkpoint, [folder], out, *THRESHOLDS) == 0  # again: the overlays of run 1 are not inputs
+    err = capsys.readouterr().err
+    assert "negative.tif: not a readable image" in err and err.count("skipped") == 2
+    stems = sorted(p.name.removesuffix("_panoptic.json") for p in out.glob("*_panoptic.json"))
+    assert stems == ["A", "a-2", "a-3", "predictions", "predictions-2"]  # "predictions": the run file
+    assert "segments_info" in json.loads((out / "predictions_panoptic.json").read_text())["annotations"][0]
+    assert json.loads((out / "predictions_panoptic.json").read_text())["images"][0]["file_name"] == "A.png"
+
+    real_predict = segment_module.predict
+
+    def failing(model, processor, images, *args, **kwargs):
+        if any(image.height == 90 for image in images):  # tall.png
+            raise RuntimeError("out of memory")
+        return real_predict(model, processor, images, *args, **kwargs)
+
+    monkeypatch.setattr(segment_module, "predict", failing)
+    assert segment(checkpoint, [image_dir], tmp_path / "oom", "--batch-size", "3") == 0
+    err = capsys.readouterr().err
+    assert "tall.png: inference failed (RuntimeError: out of memory)" in err
+    assert len(list((tmp_path / "oom").glob("*_overlay.png"))) == 4  # the tall image's batch mates survive
+    monkeypatch.setattr(segment_module, "predict", real_predict)
+
+    model, processor = load_segmenter(checkpoint, "cpu")
+    seen = []
+    monkeypatch.setattr(model, "forward", lambda pixel_values, pixel_mask: seen.append(pixel_values.shape) or
+                        model.__class__.forward(model, pixel_values=pixel_values, pixel_mask=pixel_mask))
+    result = predict(model, processor, [load_image(image_dir / "sub" / "tall.png")], "semantic", size=32)[0]
+    assert tuple(result.shape) == (90, 40) and tuple(seen[0][-2:]) == (96, 32)
 
 
 def test_every_command_line_flag_has_a_help():

@@ -61,11 +61,19 @@ def test_panoptic_instances_of_one_class_get_different_shades_and_a_legend():
     bare = np.asarray(visualize.draw_panoptic(image, segmentation, info, names, show_legend=False))
     assert bare.shape == (40, 60, 3) and np.array_equal(bare, picture[:40])
     assert (bare[19, 25] == 255).all()  # the border between the two stuff bands
-    # Many classes wrap into more legend rows.
-    wide = [{"id": k + 1, "label_id": k, "score": 1.0} for k in range(4)]
+    # The legend names what the picture shows (segments_info entries without pixels are left out) ...
+    absent = info + [{"id": 99, "label_id": 7, "score": 0.5}]
+    assert np.array_equal(np.asarray(visualize.draw_panoptic(image, segmentation, absent, names)), picture)
+    # ... and many classes wrap into more legend rows.
+    stripes = np.repeat(np.arange(1, 41), 2)[None, :60].repeat(40, 0)  # 30 segments of 2 columns
     many = [{"id": k + 1, "label_id": k, "score": 1.0} for k in range(40)]
-    few_rows = np.asarray(visualize.draw_panoptic(image, segmentation, wide)).shape[0]
-    assert np.asarray(visualize.draw_panoptic(image, segmentation, many)).shape[0] > few_rows
+    assert np.asarray(visualize.draw_panoptic(image, stripes, many)).shape[0] > picture.shape[0]
+    with pytest.raises(ValueError, match=r"segments_info\[0\]: expected a dict with 'id' and 'label_id'"):
+        visualize.draw_panoptic(image, segmentation, [{"id": 1, "category_id": 3}])
+    with pytest.raises(TypeError, match="panoptic result is a dict"):
+        visualize.draw_result(image, segmentation, "panoptic")
+    with pytest.raises(TypeError, match="semantic result is a"):
+        visualize.draw_result(image, {"segmentation": segmentation, "segments_info": info}, "semantic")
 
 
 def test_pipeline_output_is_drawn_like_the_processors():

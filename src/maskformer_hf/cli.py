@@ -121,23 +121,53 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    from .segment import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
+
+
 def run_segment(args: argparse.Namespace) -> int:
-    """``maskformer-hf segment``: exit status 0 when at least one image was segmented, else 1."""
+    """``maskformer-hf segment``: exit status 0 when at least one image was segmented, 1 when none
+    could be, 2 when the model cannot be loaded (argparse also exits 2 on bad flags)."""
     from tqdm.auto import tqdm
 
     from .segment import find_images, load_segmenter, segment_files
 
-    paths, problems = find_images(args.inputs)
+    paths, problems = find_images(args.inputs, exclude=args.out)
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
     if not paths:
         print("nothing to segment", file=sys.stderr)
         return 1
-    model, processor = load_segmenter(args.model, args.device)
+    try:
+        model, processor = load_segmenter(args.model, args.device)
+    except (OSError, ValueError) as error:  # from_pretrained: no such folder / repo, not a checkpoint
+        print(f"--model {args.model}: could not load a checkpoint ({type(error).__name__}: {error})", file=sys.stderr)
+        return 2
     run = segment_files(paths, model, processor, args.out, task=args.task, batch_size=args.batch_size,
                         threshold=args.threshold, mask_threshold=args.mask_threshold,
-                        overlap_mask_area_threshold=args.overlap_threshold, progress=not args.quiet,
-                        report=tqdm.write)
+                        overlap_mask_area_threshold=args.overlap_threshold, size=args.size,
+                        progress=not args.quiet,
+                        report=lambda line, skipped: tqdm.write(line, file=sys.stderr if skipped else sys.stdout))
     print(f"{len(run.segmented)} of {len(paths)} images segmented ({args.task}), {len(run.skipped)} skipped; "
           f"results in {args.out}")
     return 0 if run.segmented else 1
@@ -149,16 +179,19 @@ def segment_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (transformers' MaskFormer too)")
     parser.add_argument("--task", choices=["semantic", "instance", "panoptic"], default="panoptic",
                         help="which result to compute and write")
-    parser.add_argument("--out", default="segmented", help="output folder (created)")
-    parser.add_argument("--threshold", type=float, default=0.5,
+    parser.add_argument("--out", default="segmented", help="output folder (created; never read as input)")
+    parser.add_argument("--threshold", type=_unit_interval, default=0.5,
                         help="panoptic/instance: minimum score of a kept segment")
-    parser.add_argument("--mask-threshold", "--mask_threshold", dest="mask_threshold", type=float, default=0.5,
-                        help="panoptic/instance: mask probability that counts as inside")
-    parser.add_argument("--overlap-threshold", "--overlap_threshold", dest="overlap_threshold", type=float,
+    parser.add_argument("--mask-threshold", "--mask_threshold", dest="mask_threshold", type=_unit_interval,
+                        default=0.5, help="panoptic/instance: mask probability that counts as inside")
+    parser.add_argument("--overlap-threshold", "--overlap_threshold", dest="overlap_threshold", type=_unit_interval,
                         default=0.8, help="panoptic/instance: drop a segment keeping less than this of its own mask")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4,
+    parser.add_argument("--size", type=_positive_int, default=None,
+                        help="the model sees each image at this shortest edge (longest at most 4x); default: "
+                             "the checkpoint's processor setting")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int, default=4,
                         help="images per forward pass (padded; results do not depend on it)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--device", type=_device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 

@@ -181,15 +181,7 @@ class MaskFormerConfig(PretrainedConfig):
         self.init_std = init_std
         self.init_xavier_std = init_xavier_std
         self.stuff_label_ids = sorted({int(i) for i in stuff_label_ids}) if stuff_label_ids is not None else None
-        resized = kwargs.get("num_labels") is not None and kwargs.get("id2label") is not None and \
-            len(kwargs["id2label"]) != kwargs["num_labels"]
         super().__init__(**kwargs)
-        if resized and self.stuff_label_ids is not None:
-            # from_pretrained(..., num_labels=N): the classes are replaced, so the old ones' stuff ids no
-            # longer mean anything (pass stuff_label_ids for the new classes along with num_labels).
-            logger.warning("MaskFormerConfig: num_labels=%d replaces %d classes; stuff_label_ids %s of the old "
-                           "classes are dropped", kwargs["num_labels"], len(kwargs["id2label"]), self.stuff_label_ids)
-            self.stuff_label_ids = None
         self.validate()
 
     # ------------------------------------------------------------------------------------------
@@ -228,6 +220,26 @@ class MaskFormerConfig(PretrainedConfig):
         need(isinstance(self.backbone_kwargs, dict), "backbone_kwargs", "a dict")
         need(self.stuff_label_ids is None or all(0 <= i < self.num_labels for i in self.stuff_label_ids),
              "stuff_label_ids", f"None or class ids in [0, num_labels={self.num_labels})")
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """transformers' ``from_dict`` (what ``from_pretrained`` calls), aware that new classes
+        (``num_labels=`` or ``id2label=`` differing from the saved ones) make the saved
+        ``stuff_label_ids`` meaningless: they are dropped unless new ones are passed too. The result
+        is validated after every override is applied."""
+        saved = {int(k): v for k, v in (config_dict.get("id2label") or {}).items()}
+        new = kwargs.get("id2label")
+        changed = (kwargs.get("num_labels") is not None and kwargs["num_labels"] != len(saved)) or (
+            new is not None and {int(k): v for k, v in new.items()} != saved)
+        if changed and config_dict.get("stuff_label_ids") is not None:
+            if "stuff_label_ids" not in kwargs:
+                logger.warning("MaskFormerConfig: the classes change, so the saved stuff_label_ids %s no longer apply "
+                               "and are dropped; pass stuff_label_ids=[...] for the new classes",
+                               config_dict["stuff_label_ids"])
+            config_dict = {**config_dict, "stuff_label_ids": None}
+        loaded = super().from_dict(config_dict, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).validate()
+        return loaded
 
     @property
     def num_auxiliary_outputs(self) -> int:

@@ -18,7 +18,9 @@ instance  ``STEM_instances.json``: one COCO RLE mask, box, class and score per i
 
 and per run ``predictions_panoptic.json`` (COCO panoptic: ``images``, ``annotations``,
 ``categories``) or ``predictions_instances.json`` (COCO results: a list of
-``{image_id, category_id, segmentation, score}``). Category ids are the model's label ids.
+``{image_id, category_id, segmentation, score, bbox}``). Category ids are the model's label ids;
+image ids number the run's images from 0 in order, and each image's ``file_name`` (the input's
+name) maps them to a ground truth's ids. Boxes are COCO's ``[x, y, width, height]``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,30 +40,27 @@ from PIL import Image, ImageOps
 from . import visualize
 from .data.schema import id_to_rgb
 from .image_processing_maskformer import pil_to_rgb
+from .visualize import label_name, to_numpy
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("semantic", "instance", "panoptic")
+RUN_FILE_STEM = "predictions"  # predictions_panoptic.json / predictions_instances.json: no image may take it
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 # ---------------------------------------------------------------------------------------------
 # Finding and reading images
 # ---------------------------------------------------------------------------------------------
-def find_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+def find_images(inputs: Sequence[str | Path], exclude: str | Path | None = None) -> tuple[list[Path], list[str]]:
     """Files as given (any suffix: reading decides), folders searched recursively for image
-    suffixes, and glob patterns, in the order given (folders and globs sorted), each file once.
-    Returns ``(paths, problems)``: ``problems`` names the inputs that matched nothing."""
+    suffixes, and glob patterns, in the order given (folders and globs sorted), each file once;
+    files under `exclude` (e.g. the output folder) are left out. Returns ``(paths, problems)``:
+    ``problems`` names the inputs that matched nothing."""
     paths: list[Path] = []
     problems: list[str] = []
     seen: set[Path] = set()
-
-    def add(path: Path) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            paths.append(path)
-
+    skip = Path(exclude).resolve() if exclude is not None else None
     for entry in inputs:
         entry_path = Path(entry)
         if entry_path.is_dir():
@@ -70,10 +69,13 @@ def find_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
             found = [entry_path]
         else:
             found = sorted(Path(p) for p in glob.glob(str(entry), recursive=True) if Path(p).is_file())
+        found = [p for p in found if skip is None or not p.resolve().is_relative_to(skip)]
         if not found:
             problems.append(f"{entry}: no such file, or no images in it")
         for path in found:
-            add(path)
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                paths.append(path)
     return paths, problems
 
 
@@ -86,10 +88,8 @@ def load_image(path: str | Path) -> Image.Image:
             opened.load()
             image = ImageOps.exif_transpose(opened)
             if image.width < 1 or image.height < 1:
-                raise ValueError(f"{path}: the image is empty ({image.width}x{image.height})")
+                raise ValueError(f"the image is empty ({image.width}x{image.height})")
             return pil_to_rgb(image)
-    except ValueError:
-        raise
     except Exception as error:  # PIL raises OSError, SyntaxError, struct.error ... on broken files
         raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error
 
@@ -102,9 +102,12 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as error:
         raise ValueError(f"device: expected auto, cpu, cuda, cuda:N ..., got {device!r}") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for, but CUDA is not available here (use cpu or auto)")
+    return resolved
 
 
 def load_segmenter(model_name_or_path: str | Path, device: str | None = None) -> tuple[Any, Any]:
@@ -124,15 +127,17 @@ def load_segmenter(model_name_or_path: str | Path, device: str | None = None) ->
 
 @torch.inference_mode()
 def predict(model: Any, processor: Any, images: Sequence[Image.Image], task: str = "panoptic",
-            threshold: float = 0.5, mask_threshold: float = 0.5,
-            overlap_mask_area_threshold: float = 0.8) -> list[Any]:
+            threshold: float = 0.5, mask_threshold: float = 0.5, overlap_mask_area_threshold: float = 0.8,
+            size: int | None = None) -> list[Any]:
     """One padded batch through processor, model and post-processing, each result at its image's
     size: semantic `(H, W)` int64 class maps; panoptic / instance ``{"segmentation",
-    "segments_info"}`` dicts (see the processor's ``post_process_*``)."""
+    "segments_info"}`` dicts (see the processor's ``post_process_*``). `size`: the model sees each
+    image with this shortest edge (longest at most 4x), instead of the processor's own setting."""
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
     device = next(model.parameters()).device
-    inputs = processor(images=list(images), return_tensors="pt")
+    resize = {} if size is None else {"do_resize": True, "size": {"shortest_edge": size, "longest_edge": 4 * size}}
+    inputs = processor(images=list(images), return_tensors="pt", **resize)
     outputs = model(pixel_values=inputs["pixel_values"].to(device), pixel_mask=inputs["pixel_mask"].to(device))
     sizes = [(image.height, image.width) for image in images]
     if task == "semantic":
@@ -147,30 +152,22 @@ def predict(model: Any, processor: Any, images: Sequence[Image.Image], task: str
 # ---------------------------------------------------------------------------------------------
 # Results as tables and COCO records
 # ---------------------------------------------------------------------------------------------
-def _numpy(segmentation: Any) -> np.ndarray:
-    return segmentation.detach().cpu().numpy() if hasattr(segmentation, "detach") else np.asarray(segmentation)
-
-
-def _label(label_id: int, id2label: Mapping[int, str]) -> str:
-    return str(id2label.get(label_id, id2label.get(str(label_id), label_id)))  # type: ignore[arg-type]
-
-
 def segments_table(result: Any, task: str, id2label: Mapping[int, str]) -> list[dict[str, Any]]:
     """One row per segment, largest first: ``id``, ``label_id``, ``label``, ``score`` (None for
     semantic results, whose rows are the classes present) and ``area`` in pixels."""
     if task == "semantic":
-        classes, areas = np.unique(_numpy(result), return_counts=True)
-        rows = [{"id": int(c), "label_id": int(c), "label": _label(int(c), id2label), "score": None, "area": int(a)}
+        classes, areas = np.unique(to_numpy(result), return_counts=True)
+        rows = [{"id": int(c), "label_id": int(c), "label": label_name(int(c), id2label), "score": None, "area": int(a)}
                 for c, a in zip(classes, areas)]
     else:
-        segmentation = _numpy(result["segmentation"])
+        segmentation = to_numpy(result["segmentation"])
         info = result["segments_info"]
         if segmentation.ndim == 3:  # instance binary maps
             areas = {s["id"]: int((m > 0.5).sum()) for s, m in zip(info, segmentation)}
         else:
             ids, counts = np.unique(segmentation, return_counts=True)
             areas = dict(zip(ids.tolist(), counts.tolist()))
-        rows = [{"id": int(s["id"]), "label_id": int(s["label_id"]), "label": _label(int(s["label_id"]), id2label),
+        rows = [{"id": int(s["id"]), "label_id": int(s["label_id"]), "label": label_name(int(s["label_id"]), id2label),
                  "score": float(s["score"]), "area": int(areas.get(s["id"], 0))} for s in info]
     return sorted(rows, key=lambda r: -r["area"])
 
@@ -203,14 +200,14 @@ def panoptic_to_coco(result: Mapping[str, Any], id2label: Mapping[int, str],
     """A panoptic result -> its COCO PNG pixels `(H, W, 3)` uint8 (``id = R + 256 G + 256² B``,
     0 = void) and COCO ``segments_info`` (``id``, ``category_id`` = label id, ``iscrowd``,
     ``area``, ``bbox``, plus ``label``, ``isthing``, ``score``, ``was_fused``)."""
-    segmentation = _numpy(result["segmentation"]).astype(np.int64)
+    segmentation = to_numpy(result["segmentation"]).astype(np.int64)
     stuff = set(int(i) for i in stuff_label_ids)
     segments = []
     for s in result["segments_info"]:
         mask = segmentation == s["id"]
         segments.append({"id": int(s["id"]), "category_id": int(s["label_id"]),
-                         "label": _label(int(s["label_id"]), id2label), "iscrowd": 0,
-                         "isthing": int(s["label_id"]) not in stuff, "area": int(mask.sum()), "bbox": _bbox(mask),
+                         "label": label_name(int(s["label_id"]), id2label), "iscrowd": 0,
+                         "isthing": int(int(s["label_id"]) not in stuff), "area": int(mask.sum()), "bbox": _bbox(mask),
                          "score": float(s["score"]), "was_fused": bool(s.get("was_fused", False))})
     return id_to_rgb(segmentation), segments
 
@@ -218,12 +215,12 @@ def panoptic_to_coco(result: Mapping[str, Any], id2label: Mapping[int, str],
 def instances_to_coco(result: Mapping[str, Any], id2label: Mapping[int, str]) -> list[dict[str, Any]]:
     """An instance result (map or binary maps) -> one record per instance: ``id``, ``category_id``
     (= label id), ``label``, ``score``, ``area``, ``bbox`` and ``segmentation`` (COCO RLE)."""
-    segmentation = _numpy(result["segmentation"])
+    segmentation = to_numpy(result["segmentation"])
     records = []
     for k, s in enumerate(result["segments_info"]):
         mask = segmentation[k] > 0.5 if segmentation.ndim == 3 else segmentation == s["id"]
         records.append({"id": int(s["id"]), "category_id": int(s["label_id"]),
-                        "label": _label(int(s["label_id"]), id2label), "score": float(s["score"]),
+                        "label": label_name(int(s["label_id"]), id2label), "score": float(s["score"]),
                         "area": int(mask.sum()), "bbox": _bbox(mask), "segmentation": encode_rle(mask)})
     return records
 
@@ -232,15 +229,18 @@ def instances_to_coco(result: Mapping[str, Any], id2label: Mapping[int, str]) ->
 # Writing
 # ---------------------------------------------------------------------------------------------
 def write_prediction(out_dir: str | Path, stem: str, image: Image.Image, result: Any, task: str,
-                     id2label: Mapping[int, str], stuff_label_ids: Sequence[int] = ()) -> dict[str, Any]:
+                     id2label: Mapping[int, str], stuff_label_ids: Sequence[int] = (), image_id: int = 0,
+                     file_name: str | None = None) -> dict[str, Any]:
     """Write one image's files (see the module docstring) into `out_dir`; returns ``{"files": [...],
-    "segments": segments_table(...), "coco": ...}`` (``coco``: the panoptic or instance records)."""
+    "segments": segments_table(...), "coco": ...}`` (``coco``: the panoptic or instance record,
+    with `image_id` and the input's `file_name`)."""
     out_dir = Path(out_dir)
     files = [out_dir / f"{stem}_overlay.png"]
     visualize.draw_result(image, result, task, id2label).save(files[0])
+    about = {"image_id": image_id, "image_file": file_name or stem, "height": image.height, "width": image.width}
     coco: Any = None
     if task == "semantic":
-        classes = _numpy(result)
+        classes = to_numpy(result)
         path = out_dir / f"{stem}_semantic.png"
         if len(id2label) <= 256:
             Image.fromarray(classes.astype(np.uint8), mode="L").save(path)
@@ -251,17 +251,19 @@ def write_prediction(out_dir: str | Path, stem: str, image: Image.Image, result:
         pixels, segments = panoptic_to_coco(result, id2label, stuff_label_ids)
         png, info = out_dir / f"{stem}_panoptic.png", out_dir / f"{stem}_panoptic.json"
         Image.fromarray(pixels).save(png)
-        coco = {"image_id": stem, "file_name": png.name, "height": image.height, "width": image.width,
-                "segments_info": segments}
+        coco = {**about, "file_name": png.name, "segments_info": segments}
         info.write_text(json.dumps(coco, indent=1))
         files += [png, info]
     else:
-        records = instances_to_coco(result, id2label)
         path = out_dir / f"{stem}_instances.json"
-        coco = {"image_id": stem, "height": image.height, "width": image.width, "instances": records}
+        coco = {**about, "instances": instances_to_coco(result, id2label)}
         path.write_text(json.dumps(coco, indent=1))
         files.append(path)
     return {"files": files, "segments": segments_table(result, task, id2label), "coco": coco}
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun if number == 1 else noun + ('es' if noun.endswith('s') else 's')}"
 
 
 def summary_line(name: str, image: Image.Image, segments: Sequence[Mapping[str, Any]], task: str, top: int = 5) -> str:
@@ -273,8 +275,8 @@ def summary_line(name: str, image: Image.Image, segments: Sequence[Mapping[str, 
     ranked = sorted(by_class.items(), key=lambda item: -sum(item[1]))
     parts = [f"{label}{f' ({len(a)})' if len(a) > 1 else ''} {100 * sum(a) / area:.0f}%" for label, a in ranked[:top]]
     more = f", +{len(ranked) - top} more classes" if len(ranked) > top else ""
-    noun = "classes" if task == "semantic" else "segments"
-    return f"{name}: {image.width}x{image.height}, {len(segments)} {noun}" + (f": {', '.join(parts)}{more}" if parts else "")
+    counted = _count(len(segments), "class" if task == "semantic" else "segment")
+    return f"{name}: {image.width}x{image.height}, {counted}" + (f": {', '.join(parts)}{more}" if parts else "")
 
 
 @dataclass
@@ -287,11 +289,13 @@ class SegmentRun:
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:
+    """The image's file stem, or ``stem-2``, ``stem-3`` ... when taken (compared case-blind: ``A.png`` and
+    ``a.png`` are one file on macOS and Windows); ``used`` starts with the run file's stem."""
     stem, k = path.stem, 1
-    while stem in used:
+    while stem.casefold() in used:
         k += 1
         stem = f"{path.stem}-{k}"
-    used.add(stem)
+    used.add(stem.casefold())
     return stem
 
 
@@ -310,12 +314,30 @@ def _batches(paths: Sequence[Path], batch_size: int) -> Iterator[tuple[list[tupl
         yield batch, failures
 
 
+def _predict_or_split(batch: list[tuple[Path, Image.Image]], run: Any) -> Iterator[tuple[Path, Image.Image, Any]]:
+    """``run(images)`` on the whole batch; if it fails (e.g. out of memory on a large image), image by
+    image, so that one image's failure costs only that image. Yields ``(path, image, result or the
+    exception)``."""
+    try:
+        results = run([image for _, image in batch])
+    except (RuntimeError, ValueError, MemoryError) as error:
+        if len(batch) == 1:
+            yield batch[0][0], batch[0][1], error
+            return
+        for item in batch:
+            yield from _predict_or_split([item], run)
+        return
+    for (path, image), result in zip(batch, results):
+        yield path, image, result
+
+
 def segment_files(paths: Sequence[Path], model: Any, processor: Any, out_dir: str | Path, task: str = "panoptic",
                   batch_size: int = 4, threshold: float = 0.5, mask_threshold: float = 0.5,
-                  overlap_mask_area_threshold: float = 0.8, progress: bool = True,
-                  report: Any = None) -> SegmentRun:
+                  overlap_mask_area_threshold: float = 0.8, size: int | None = None, progress: bool = True,
+                  report: Callable[[str, bool], None] | None = None) -> SegmentRun:
     """Segment `paths` in batches and write every image's files into `out_dir` (created), then the
-    run's COCO file. `report(line)` receives one line per image (a summary, or why it was skipped)."""
+    run's COCO file. ``report(line, skipped)`` receives one line per image: its summary, or why it
+    was skipped (unreadable, or inference failed on it). `size`: see :func:`predict`."""
     from tqdm.auto import tqdm
 
     if task not in TASKS:
@@ -326,25 +348,31 @@ def segment_files(paths: Sequence[Path], model: Any, processor: Any, out_dir: st
     out_dir.mkdir(parents=True, exist_ok=True)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     stuff = model.config.stuff_label_ids or ()
-    run, used, coco_records = SegmentRun(), set(), []
-    say = report or (lambda line: None)
+    run, used, coco_records = SegmentRun(), {RUN_FILE_STEM}, []
+    say = report or (lambda line, skipped: None)
+
+    def infer(images: list[Image.Image]) -> list[Any]:
+        return predict(model, processor, images, task, threshold, mask_threshold, overlap_mask_area_threshold, size)
+
     bar = tqdm(total=len(paths), desc=f"segmenting ({task})", unit="image", disable=not progress)
     for batch, failures in _batches(paths, batch_size):
+        read = len(batch) + len(failures)
+        for path, image, result in _predict_or_split(batch, infer) if batch else ():
+            if isinstance(result, Exception):
+                failures.append((path, f"{path}: inference failed ({type(result).__name__}: {result})"))
+                continue
+            written = write_prediction(out_dir, _unique_stem(path, used), image, result, task, id2label, stuff,
+                                       image_id=len(run.segmented), file_name=str(path))
+            line = summary_line(str(path), image, written["segments"], task)
+            run.segmented.append((path, line))
+            run.files += written["files"]
+            if written["coco"] is not None:
+                coco_records.append(written["coco"])
+            say(line, False)
         for path, reason in failures:
             run.skipped.append((path, reason))
-            say(f"skipped {reason}")
-        if batch:
-            results = predict(model, processor, [image for _, image in batch], task, threshold, mask_threshold,
-                              overlap_mask_area_threshold)
-            for (path, image), result in zip(batch, results):
-                written = write_prediction(out_dir, _unique_stem(path, used), image, result, task, id2label, stuff)
-                line = summary_line(str(path), image, written["segments"], task)
-                run.segmented.append((path, line))
-                run.files += written["files"]
-                if written["coco"] is not None:
-                    coco_records.append(written["coco"])
-                say(line)
-        bar.update(len(batch) + len(failures))
+            say(f"skipped {reason}", True)
+        bar.update(read)
     bar.close()
     if task != "semantic" and run.segmented:
         run.files.append(_write_run_file(out_dir, task, coco_records, id2label, stuff))
@@ -357,8 +385,8 @@ def _write_run_file(out_dir: Path, task: str, records: list[dict[str, Any]], id2
     if task == "panoptic":
         categories = [{"id": k, "name": id2label[k], "isthing": int(k not in set(stuff))} for k in sorted(id2label)]
         content: Any = {
-            "images": [{"id": r["image_id"], "file_name": r["image_id"], "height": r["height"], "width": r["width"]}
-                       for r in records],
+            "images": [{"id": r["image_id"], "file_name": Path(r["image_file"]).name, "height": r["height"],
+                        "width": r["width"]} for r in records],
             "annotations": [{"image_id": r["image_id"], "file_name": r["file_name"], "segments_info": [
                 {k: s[k] for k in ("id", "category_id", "iscrowd", "area", "bbox")} for s in r["segments_info"]]}
                 for r in records],
@@ -367,7 +395,7 @@ def _write_run_file(out_dir: Path, task: str, records: list[dict[str, Any]], id2
     else:
         content = [{"image_id": r["image_id"], "category_id": i["category_id"], "segmentation": i["segmentation"],
                     "score": i["score"], "bbox": i["bbox"]} for r in records for i in r["instances"]]
-    path = out_dir / f"predictions_{'panoptic' if task == 'panoptic' else 'instances'}.json"
+    path = out_dir / f"{RUN_FILE_STEM}_{'panoptic' if task == 'panoptic' else 'instances'}.json"
     path.write_text(json.dumps(content))
     return path
 

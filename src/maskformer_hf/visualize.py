@@ -69,7 +69,19 @@ def shade(color: Sequence[int] | np.ndarray, rank: int) -> np.ndarray:
 def _label_color_id(label: str, label2id: Mapping[str, int] | None) -> int:
     if label2id is not None and label in label2id:
         return int(label2id[label])
-    return zlib.crc32(label.encode()) % 4096  # a stable id for a name we cannot look up
+    return 1_000_000 + zlib.crc32(label.encode())  # a stable id for a name we cannot look up
+
+
+def label_name(label_id: int, id2label: Mapping[Any, str] | None) -> str:
+    """The name of a class id in `id2label` (int or str keys, as configs hold them), else the id."""
+    if id2label is None:
+        return str(label_id)
+    return str(id2label.get(label_id, id2label.get(str(label_id), label_id)))
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
+    return array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,7 +92,7 @@ def to_rgb_array(image: Any) -> np.ndarray:
     replicated, alpha dropped; float images are taken as 0..1)."""
     if isinstance(image, Image.Image):
         return np.asarray(pil_to_rgb(image))
-    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    array = to_numpy(image)
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = array.transpose(1, 2, 0)  # CHW -> HWC
     if array.ndim == 2:
@@ -95,7 +107,7 @@ def to_rgb_array(image: Any) -> np.ndarray:
 
 
 def _as_map(segmentation: Any, shape: tuple[int, int], name: str) -> np.ndarray:
-    array = segmentation.detach().cpu().numpy() if hasattr(segmentation, "detach") else np.asarray(segmentation)
+    array = to_numpy(segmentation)
     if array.shape != shape:
         raise ValueError(f"{name}: expected a map of the image's size {shape}, got shape {array.shape}")
     if array.dtype.kind not in "iub":
@@ -158,8 +170,8 @@ def legend(entries: Sequence[tuple[str, Sequence[int]]], width: int) -> np.ndarr
     width needs (an empty list gives a zero-height strip)."""
     if not entries:
         return np.zeros((0, width, 3), dtype=np.uint8)
-    font = _font(_font_size(width))
     size = _font_size(width)
+    font = _font(size)
     pad, swatch = max(4, size // 3), size
     rows: list[list[tuple[str, Sequence[int], int]]] = [[]]
     x = pad
@@ -190,19 +202,13 @@ def _with_legend(picture: np.ndarray, entries: Sequence[tuple[str, Sequence[int]
     return Image.fromarray(picture)
 
 
-def _name(label_id: int, id2label: Mapping[int, str] | None) -> str:
-    if id2label is None:
-        return str(label_id)
-    return str(id2label.get(label_id, id2label.get(str(label_id), label_id)))  # type: ignore[arg-type]
-
-
 def _class_entries(label_ids: Sequence[int], id2label: Mapping[int, str] | None,
                    counts: Mapping[int, int] | None = None) -> list[tuple[str, np.ndarray]]:
     labels = sorted(set(int(i) for i in label_ids))
     colors = class_colors(labels)
     entries = []
     for label, color in zip(labels, colors):
-        name = _name(label, id2label)
+        name = label_name(label, id2label)
         if counts is not None and counts.get(label, 1) > 1:
             name = f"{name} ({counts[label]})"
         entries.append((name, color))
@@ -219,6 +225,15 @@ def draw_semantic(image: Any, segmentation: Any, id2label: Mapping[int, str] | N
     present = [int(c) for c in np.unique(classes) if c != ignore_index and c >= 0]
     colors = dict(zip(present, class_colors(present)))
     return _with_legend(overlay(picture, classes, colors, alpha), _class_entries(present, id2label), show_legend)
+
+
+def _checked(segments_info: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    segments = list(segments_info)
+    for k, segment in enumerate(segments):
+        if not isinstance(segment, Mapping) or "id" not in segment or "label_id" not in segment:
+            raise ValueError(f"segments_info[{k}]: expected a dict with 'id' and 'label_id' (the processor's "
+                             f"post-processing output), got {segment!r}")
+    return segments
 
 
 def _segment_colors(segments_info: Sequence[Mapping[str, Any]]) -> dict[int, np.ndarray]:
@@ -239,6 +254,12 @@ def _counts(segments_info: Sequence[Mapping[str, Any]]) -> dict[int, int]:
     return counts
 
 
+def _shown(segments_info: Sequence[Mapping[str, Any]], segment_map: np.ndarray) -> list[Mapping[str, Any]]:
+    """The segments that own at least one pixel (the legend names what the picture shows)."""
+    present = set(np.unique(segment_map).tolist())
+    return [s for s in segments_info if int(s["id"]) in present]
+
+
 def draw_panoptic(image: Any, segmentation: Any, segments_info: Sequence[Mapping[str, Any]],
                   id2label: Mapping[int, str] | None = None, alpha: float = 0.55,
                   show_legend: bool = True) -> Image.Image:
@@ -247,7 +268,9 @@ def draw_panoptic(image: Any, segmentation: Any, segments_info: Sequence[Mapping
     processor's output, or a data set's ground truth). Instances of a class get shades of its colour."""
     picture = to_rgb_array(image)
     segment_map = _as_map(segmentation, picture.shape[:2], "segmentation")
-    entries = _class_entries([s["label_id"] for s in segments_info], id2label, _counts(segments_info))
+    segments_info = _checked(segments_info)
+    shown = _shown(segments_info, segment_map)
+    entries = _class_entries([s["label_id"] for s in shown], id2label, _counts(shown))
     return _with_legend(overlay(picture, segment_map, _segment_colors(segments_info), alpha), entries, show_legend)
 
 
@@ -274,7 +297,8 @@ def draw_instance(image: Any, segmentation: Any, segments_info: Sequence[Mapping
     ``return_binary_maps=True``, the `(N, H, W)` stack of each instance's mask (painted worst score
     first, so the best lies on top). Each instance is labelled "class score"."""
     picture = to_rgb_array(image)
-    array = segmentation.detach().cpu().numpy() if hasattr(segmentation, "detach") else np.asarray(segmentation)
+    segments_info = _checked(segments_info)
+    array = to_numpy(segmentation)
     if array.ndim == 3:  # binary maps, one per segments_info entry
         if len(array) != len(segments_info):
             raise ValueError(f"segmentation: {len(array)} binary maps for {len(segments_info)} segments_info entries")
@@ -287,10 +311,11 @@ def draw_instance(image: Any, segmentation: Any, segments_info: Sequence[Mapping
         segment_map = _as_map(array, picture.shape[:2], "segmentation")
     picture = overlay(picture, segment_map, _segment_colors(segments_info), alpha)
     if show_scores:
-        texts = {int(s["id"]): f"{_name(int(s['label_id']), id2label)} {s['score']:.2f}" if "score" in s
-                 else _name(int(s["label_id"]), id2label) for s in segments_info}
+        texts = {int(s["id"]): f"{label_name(int(s['label_id']), id2label)} {s['score']:.2f}" if "score" in s
+                 else label_name(int(s["label_id"]), id2label) for s in segments_info}
         picture = _label_boxes(picture, segment_map, texts)
-    entries = _class_entries([s["label_id"] for s in segments_info], id2label, _counts(segments_info))
+    shown = _shown(segments_info, segment_map)
+    entries = _class_entries([s["label_id"] for s in shown], id2label, _counts(shown))
     return _with_legend(picture, entries, show_legend)
 
 
@@ -310,7 +335,8 @@ def draw_segments(image: Any, segments: Sequence[Mapping[str, Any]], label2id: M
         segment_map[mask > 0] = index
         info.append({"id": index, "label_id": _label_color_id(segment["label"], label2id)})
     names = {entry["label_id"]: segment["label"] for entry, segment in zip(info, segments)}
-    entries = _class_entries([s["label_id"] for s in info], names, _counts(info))
+    shown = _shown(info, segment_map)
+    entries = _class_entries([s["label_id"] for s in shown], names, _counts(shown))
     return _with_legend(overlay(picture, segment_map, _segment_colors(info), alpha), entries, show_legend)
 
 
@@ -342,13 +368,18 @@ def draw_result(image: Any, result: Any, task: str, id2label: Mapping[int, str] 
                 **kwargs: Any) -> Image.Image:
     """The picture of one post-processed result of `task` (``semantic``: the class map;
     ``panoptic`` / ``instance``: the ``{"segmentation", "segments_info"}`` dict)."""
+    if task not in ("semantic", "instance", "panoptic"):
+        raise ValueError(f"task: expected semantic, instance or panoptic, got {task!r}")
     if task == "semantic":
+        if isinstance(result, Mapping):
+            raise TypeError("result: a semantic result is a (H, W) class map, got a dict (a panoptic or instance "
+                            "result?)")
         return draw_semantic(image, result, id2label, **kwargs)
-    if task == "panoptic":
-        return draw_panoptic(image, result["segmentation"], result["segments_info"], id2label, **kwargs)
-    if task == "instance":
-        return draw_instance(image, result["segmentation"], result["segments_info"], id2label, **kwargs)
-    raise ValueError(f"task: expected semantic, instance or panoptic, got {task!r}")
+    if not isinstance(result, Mapping) or not {"segmentation", "segments_info"} <= set(result):
+        raise TypeError(f"result: a {task} result is a dict with 'segmentation' and 'segments_info', "
+                        f"got {type(result).__name__}")
+    draw = draw_panoptic if task == "panoptic" else draw_instance
+    return draw(image, result["segmentation"], result["segments_info"], id2label, **kwargs)
 
 
 __all__ = [
@@ -359,10 +390,12 @@ __all__ = [
     "draw_result",
     "draw_segments",
     "draw_semantic",
+    "label_name",
     "legend",
     "overlay",
     "palette",
     "shade",
     "side_by_side",
+    "to_numpy",
     "to_rgb_array",
 ]
