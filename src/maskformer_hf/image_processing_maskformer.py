@@ -487,6 +487,12 @@ class MaskFormerImageProcessor(BaseImageProcessor):
                                   label_ids_to_fuse=label_ids_to_fuse)
 
 
+def shortest_edge_size(shortest_edge: int) -> dict[str, int]:
+    """The ``size`` setting "shortest edge `shortest_edge`, longest at most 4x that" (used for an
+    evaluation size and for ``maskformer-hf segment --size``)."""
+    return {"shortest_edge": int(shortest_edge), "longest_edge": 4 * int(shortest_edge)}
+
+
 def resize_output_size(height: int, width: int, size: Mapping[str, int], size_divisor: int = 0) -> tuple[int, int]:
     """Output `(height, width)` for an image of `(height, width)`: shortest edge (capped by the
     longest edge) or a fixed size, then rounded up to a multiple of `size_divisor`."""

@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 
 from . import visualize
 from .data.schema import id_to_rgb
-from .image_processing_maskformer import pil_to_rgb
+from .image_processing_maskformer import pil_to_rgb, shortest_edge_size
 from .visualize import label_name, to_numpy
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def predict(model: Any, processor: Any, images: Sequence[Image.Image], task: str
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
     device = next(model.parameters()).device
-    resize = {} if size is None else {"do_resize": True, "size": {"shortest_edge": size, "longest_edge": 4 * size}}
+    resize = {} if size is None else {"do_resize": True, "size": shortest_edge_size(size)}
     inputs = processor(images=list(images), return_tensors="pt", **resize)
     outputs = model(pixel_values=inputs["pixel_values"].to(device), pixel_mask=inputs["pixel_mask"].to(device))
     sizes = [(image.height, image.width) for image in images]

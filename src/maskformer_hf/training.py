@@ -294,11 +294,12 @@ def build_model_and_processor(config: TrainConfig, metadata: Any):
     ``label_ids_to_fuse``. The processor keeps the checkpoint's resizing and normalisation unless
     ``config.eval_size`` is set."""
     from . import PRESETS, MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
+    from .image_processing_maskformer import shortest_edge_size
 
     id2label = {int(k): v for k, v in metadata.id2label.items()}
     stuff = [i for i in id2label if i not in set(metadata.thing_ids)] if metadata.thing_ids else None
     labels = dict(id2label=id2label, label2id={v: k for k, v in id2label.items()}, stuff_label_ids=stuff)
-    resize = {"shortest_edge": config.eval_size, "longest_edge": 4 * config.eval_size} if config.eval_size else None
+    resize = shortest_edge_size(config.eval_size) if config.eval_size else None
     if config.model in PRESETS:
         model_config = MaskFormerConfig.from_preset(
             config.model, use_pretrained_backbone=config.pretrained_backbone, **{**labels, **config.model_overrides})
