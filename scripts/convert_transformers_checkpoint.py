@@ -1,24 +1,28 @@
 #!/usr/bin/env python
-"""Convert a transformers MaskFormer checkpoint into a maskformer_hf checkpoint.
+"""Convert a transformers or an original (detectron2) MaskFormer checkpoint into a maskformer_hf checkpoint.
 
     python scripts/convert_transformers_checkpoint.py facebook/maskformer-swin-base-ade ./maskformer-swin-base-ade
+    python scripts/convert_transformers_checkpoint.py model_final_43ccd1.pkl ./maskformer-r50-ade
 
-SRC is a folder or a Hub id of a ``MaskFormerForInstanceSegmentation`` checkpoint (4.x or 5.x key
-names); DST receives ``config.json`` + ``model.safetensors`` loadable with
-``MaskFormerForUniversalSegmentation.from_pretrained`` or ``AutoModelForUniversalSegmentation``.
-The image processor of SRC, when there is one, is copied along, and a model card
-(``model_cards/converted_from_transformers.md`` filled in) is written as DST/README.md.
+SRC is a folder or a Hub id of a transformers ``MaskFormerForInstanceSegmentation`` checkpoint
+(4.x or 5.x key names), or a detectron2 weight file of the original MaskFormer release
+(``model_final_*.pkl`` or ``.pth``; the config is inferred from the weights, and a ``.pkl`` is
+unpickled, so convert only files from a trusted source). DST receives ``config.json`` +
+``model.safetensors`` loadable with ``MaskFormerForUniversalSegmentation.from_pretrained`` or
+``AutoModelForUniversalSegmentation``, and ``preprocessor_config.json`` (the source's when it has
+one). A model card (``model_cards/converted_from_transformers.md`` filled in) is written as
+DST/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
-from maskformer_hf import convert_from_transformers
+from maskformer_hf import convert_checkpoint
 
 logger = logging.getLogger("convert_transformers_checkpoint")
 CARD = Path(__file__).resolve().parents[1] / "model_cards" / "converted_from_transformers.md"
@@ -26,18 +30,17 @@ CARD = Path(__file__).resolve().parents[1] / "model_cards" / "converted_from_tra
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", help="folder or Hub id of a transformers MaskFormer checkpoint")
+    parser.add_argument("src", help="folder or Hub id of a transformers MaskFormer checkpoint, or a detectron2 "
+                                    "model_final_*.pkl / .pth file")
     parser.add_argument("dst", help="output folder")
     parser.add_argument("--revision", default=None, help="Hub revision of SRC")
+    parser.add_argument("--id2label", type=Path, default=None,
+                        help="JSON file of class names (a list, or an object id -> name) replacing the source's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    kwargs = {"revision": args.revision} if args.revision else {}
-    model = convert_from_transformers(args.src, **kwargs)
-    model.save_pretrained(args.dst)
-    src_processor = Path(args.src) / "preprocessor_config.json"
-    if src_processor.is_file():
-        shutil.copy(src_processor, Path(args.dst) / "preprocessor_config.json")
+    id2label = json.loads(args.id2label.read_text()) if args.id2label else None
+    model = convert_checkpoint(args.src, args.dst, id2label=id2label, revision=args.revision)
     n_params = sum(p.numel() for p in model.parameters())
     backbone = model.config.backbone_config.model_type if model.config.backbone_config else model.config.backbone
     card = CARD.read_text().format(backbone=backbone, source=args.src, destination=args.dst,

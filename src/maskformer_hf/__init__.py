@@ -16,6 +16,7 @@ from transformers import (
 
 from .configuration_maskformer import PRESETS, MaskFormerConfig
 from .conversion import convert_from_transformers
+from .conversion_detectron2 import convert_checkpoint, convert_from_detectron2
 from .image_processing_maskformer import MaskFormerImageProcessor, segmentation_map_to_masks
 from .inference import instance_inference, panoptic_inference, semantic_inference, semantic_inference_tta
 from .modeling_maskformer import (
@@ -37,6 +38,8 @@ __all__ = [
     "MaskFormerModel",
     "MaskFormerModelOutput",
     "MaskFormerPreTrainedModel",
+    "convert_checkpoint",
+    "convert_from_detectron2",
     "convert_from_transformers",
     "instance_inference",
     "panoptic_inference",

@@ -29,6 +29,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .checkpoints import load_checkpoint_state_dict
 from .configuration_maskformer import MaskFormerConfig
 from .modeling_maskformer_swin import MaskFormerSwinBackbone
 
@@ -54,8 +55,6 @@ def _build_timm(config: MaskFormerConfig) -> nn.Module:
 
 def _load_swin_imagenet_weights(body: nn.Module, name_or_path: str) -> None:
     """Load an ImageNet Swin checkpoint (e.g. ``microsoft/swin-tiny-patch4-window7-224``) into MaskFormer-Swin."""
-    from .conversion import load_checkpoint_state_dict
-
     state_dict = load_checkpoint_state_dict(name_or_path)
     state_dict = {k.removeprefix("swin."): v for k, v in state_dict.items()}
     result = body.model.load_state_dict(state_dict, strict=False)

@@ -3,19 +3,23 @@
 Hub checkpoints (``facebook/maskformer-*``) store transformers 4.x key names; an instantiated
 transformers 5 model uses a few new ones (``o_proj``, ``mlp.fc1``). Both are handled. The backbone
 (MaskFormer-Swin or ResNet from transformers) is reused as is, so its keys only move.
+
+The original detectron2 checkpoints, and :func:`~maskformer_hf.conversion_detectron2.convert_checkpoint`
+(either kind of source to a folder of ours), are in :mod:`maskformer_hf.conversion_detectron2`;
+nothing here imports it, so the code saved with every checkpoint stays free of it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from .checkpoints import _load_weight_file, _resolve, load_checkpoint_config, load_checkpoint_state_dict  # noqa: F401
 from .configuration_maskformer import MaskFormerConfig
+from .modeling_maskformer import MaskFormerForUniversalSegmentation
 
 # (pattern on the transformers key, replacement giving our key); first match wins.
 KEY_MAP: list[tuple[str, str]] = [
@@ -96,64 +100,6 @@ def config_from_transformers(hf_config: dict[str, Any] | Any) -> MaskFormerConfi
     return MaskFormerConfig(backbone=None, backbone_config=backbone_config, encoder_layers=0, **values)
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading checkpoints (a local folder or a Hub repository).
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
-
-
-def _resolve(name_or_path: str | os.PathLike, filename: str, **hub_kwargs: Any) -> str | None:
-    path = os.path.join(str(name_or_path), hub_kwargs.get("subfolder") or "", filename)
-    if os.path.isdir(str(name_or_path)):
-        return path if os.path.isfile(path) else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    kwargs = {k: v for k, v in hub_kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only",
-                                                          "force_download", "subfolder")}
-    try:
-        return hf_hub_download(str(name_or_path), filename, **kwargs)
-    except EntryNotFoundError:
-        return None
-
-
-def _load_weight_file(path: str) -> dict[str, Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_checkpoint_state_dict(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> dict[str, Tensor]:
-    """The raw state dict of a checkpoint folder or Hub repo (safetensors or .bin, sharded or not)."""
-    for filename in _WEIGHT_FILES:
-        path = _resolve(name_or_path, filename, **hub_kwargs)
-        if path is None:
-            continue
-        if not path.endswith(".json"):
-            return _load_weight_file(path)
-        with open(path) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        state_dict: dict[str, Tensor] = {}
-        for shard in shards:
-            state_dict.update(_load_weight_file(_resolve(name_or_path, shard, **hub_kwargs)))
-        return state_dict
-    raise ValueError(f"load_checkpoint_state_dict: no weights ({', '.join(_WEIGHT_FILES)}) in {name_or_path}")
-
-
-def load_checkpoint_config(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> dict[str, Any] | None:
-    """The ``config.json`` of a checkpoint as a dict, or None if it has none."""
-    try:
-        path = _resolve(name_or_path, "config.json", **hub_kwargs)
-    except Exception:  # not a folder and not reachable on the Hub: let the caller report it
-        return None
-    if path is None:
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def is_transformers_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> bool:
     """True when the checkpoint is a transformers MaskFormer (``model_type: "maskformer"``)."""
     config = load_checkpoint_config(name_or_path, **hub_kwargs)
@@ -167,8 +113,6 @@ def convert_from_transformers(hf_model_or_path: nn.Module | str | os.PathLike, *
         hf_model_or_path: a ``transformers.MaskFormerForInstanceSegmentation``, or the folder / Hub
             id of its checkpoint (e.g. ``"facebook/maskformer-swin-base-ade"``).
     """
-    from .modeling_maskformer import MaskFormerForUniversalSegmentation
-
     if isinstance(hf_model_or_path, nn.Module):
         config = config_from_transformers(hf_model_or_path.config)
         state_dict = hf_model_or_path.state_dict()
@@ -187,3 +131,4 @@ def convert_from_transformers(hf_model_or_path: nn.Module | str | os.PathLike, *
         raise ValueError(f"convert_from_transformers: checkpoint and model disagree: missing {missing[:5]}, "
                          f"unexpected {result.unexpected_keys[:5]}")
     return model.eval()
+

@@ -1,0 +1,410 @@
+"""The original MaskFormer release (detectron2 ``model_final_*.pkl`` / ``.pth``) -> ours, and
+:func:`convert_checkpoint`, which turns either that or a transformers checkpoint into a folder of ours.
+
+The key map is data (:data:`RULES`, :data:`PACKED_RULES`); the config is not stored in these files
+and is inferred from the weights' shapes (:func:`config_from_detectron2`). Every checkpoint key
+must be consumed and every model key filled, or the conversion fails naming the keys.
+
+Assumptions that the weights cannot show (true of every config of the MaskFormer release):
+
+* ResNets are torchvision-style, the stride in the 3x3 convolution (detectron2
+  ``RESNETS.STRIDE_IN_1X1: False``), FrozenBatchNorm with eps 1e-5, as timm's ResNets; a
+  checkpoint trained with the stride in the 1x1 convolution has the same keys and shapes and would
+  convert into a different network.
+* The transformer is post-norm (``PRE_NORM: False``) and its attention heads (``NHEADS``), which
+  no weight reveals, are 8 unless ``decoder_attention_heads=`` says otherwise.
+* Images are RGB; ``pixel_mean`` / ``pixel_std``, when the file stores them, give the processor's
+  normalisation (divided by 255).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .checkpoints import _resolve, _to_tensor, is_detectron2_checkpoint, load_detectron2_state_dict  # noqa: F401
+from .configuration_maskformer import PRESETS, MaskFormerConfig
+from .conversion import convert_from_transformers, is_transformers_checkpoint
+from .image_processing_maskformer import MaskFormerImageProcessor
+from .modeling_maskformer import MaskFormerForUniversalSegmentation
+
+_BODY = "model.backbone.body."
+_SWIN = _BODY + "model."
+_TM = "model.transformer_module."
+_PD = r"^sem_seg_head\.pixel_decoder\."
+_PR = r"^sem_seg_head\.predictor\."
+_BLOCK = r"^backbone\.layers\.(\d+)\.blocks\.(\d+)\."
+_SWIN_BLOCK = _SWIN + r"encoder.layers.\1.blocks.\2."
+_DEC = _PR + r"transformer\.decoder\.layers\.(\d+)\."
+_ENC = _PR + r"transformer\.encoder\.layers\.(\d+)\."
+
+Replacement = str | Callable[[re.Match], str]
+
+
+def _stage(template: str) -> Callable[[re.Match], str]:
+    """detectron2's res2..res5 are timm's layer1..layer4; group 2 is the block, group 3 the conv."""
+    return lambda m: template.format(layer=int(m[1]) - 1, block=m[2], conv=m[3] if m.lastindex >= 3 else "")
+
+
+def _fpn(template: str) -> Callable[[re.Match], str]:
+    """detectron2 numbers the FPN levels 1 (res2) to 3 (res4); our lists run coarse to fine (0 = res4)."""
+    return lambda m: template.format(3 - int(m[1]))
+
+
+_RESNET_STEM: list[tuple[str, Replacement]] = [
+    (r"^backbone\.stem\.conv1\.weight$", _BODY + "conv1.weight"),
+    (r"^backbone\.stem\.conv1\.norm\.", _BODY + "bn1."),
+]
+# The deep ("R101c", DeepLab) stem: three 3x3 convolutions, timm's conv1 = Sequential(conv, bn, act, ...).
+_DEEP_STEM: list[tuple[str, Replacement]] = [
+    (r"^backbone\.stem\.conv1\.weight$", _BODY + "conv1.0.weight"),
+    (r"^backbone\.stem\.conv1\.norm\.", _BODY + "conv1.1."),
+    (r"^backbone\.stem\.conv2\.weight$", _BODY + "conv1.3.weight"),
+    (r"^backbone\.stem\.conv2\.norm\.", _BODY + "conv1.4."),
+    (r"^backbone\.stem\.conv3\.weight$", _BODY + "conv1.6.weight"),
+    (r"^backbone\.stem\.conv3\.norm\.", _BODY + "bn1."),
+]
+# (pattern on the detectron2 key, our key); patterns ending in "\." keep the rest of the key.
+RULES: list[tuple[str, Replacement]] = [
+    # ResNet blocks
+    (r"^backbone\.res([2-5])\.(\d+)\.conv(\d)\.weight$", _stage(_BODY + "layer{layer}.{block}.conv{conv}.weight")),
+    (r"^backbone\.res([2-5])\.(\d+)\.conv(\d)\.norm\.", _stage(_BODY + "layer{layer}.{block}.bn{conv}.")),
+    (r"^backbone\.res([2-5])\.(\d+)\.shortcut\.weight$", _stage(_BODY + "layer{layer}.{block}.downsample.0.weight")),
+    (r"^backbone\.res([2-5])\.(\d+)\.shortcut\.norm\.", _stage(_BODY + "layer{layer}.{block}.downsample.1.")),
+    # Swin (D2SwinTransformer -> transformers' MaskFormer-Swin names)
+    (r"^backbone\.patch_embed\.proj\.", _SWIN + "embeddings.patch_embeddings.projection."),
+    (r"^backbone\.patch_embed\.norm\.", _SWIN + "embeddings.norm."),
+    (_BLOCK + r"norm1\.", _SWIN_BLOCK + "layernorm_before."),
+    (_BLOCK + r"norm2\.", _SWIN_BLOCK + "layernorm_after."),
+    (_BLOCK + r"attn\.relative_position_(bias_table|index)$", _SWIN_BLOCK + r"attention.self.relative_position_\3"),
+    (_BLOCK + r"attn\.proj\.", _SWIN_BLOCK + "attention.output.dense."),
+    (_BLOCK + r"mlp\.fc1\.", _SWIN_BLOCK + "intermediate.dense."),
+    (_BLOCK + r"mlp\.fc2\.", _SWIN_BLOCK + "output.dense."),
+    (r"^backbone\.layers\.(\d+)\.downsample\.", _SWIN + r"encoder.layers.\1.downsample."),
+    (r"^backbone\.norm(\d)\.", _BODY + r"hidden_states_norms.\1."),
+    # Pixel decoder (BasePixelDecoder): layer_4 on res5 is our stem; adapter_i / layer_i on res(i+1).
+    (_PD + r"layer_4\.weight$", "model.pixel_decoder.stem.conv.weight"),
+    (_PD + r"layer_4\.norm\.", "model.pixel_decoder.stem.norm."),
+    (_PD + r"adapter_([1-3])\.weight$", _fpn("model.pixel_decoder.lateral_convs.{}.conv.weight")),
+    (_PD + r"adapter_([1-3])\.norm\.", _fpn("model.pixel_decoder.lateral_convs.{}.norm.")),
+    (_PD + r"layer_([1-3])\.weight$", _fpn("model.pixel_decoder.output_convs.{}.conv.weight")),
+    (_PD + r"layer_([1-3])\.norm\.", _fpn("model.pixel_decoder.output_convs.{}.norm.")),
+    (_PD + r"mask_features\.", "model.pixel_decoder.mask_projection."),
+    # Predictor (TransformerPredictor, DETR post-norm layers)
+    (_PR + r"query_embed\.weight$", _TM + "query_embeddings.weight"),
+    (_PR + r"input_proj\.", _TM + "input_projection."),
+    (_PR + r"transformer\.decoder\.norm\.", _TM + "decoder_norm."),
+    (_DEC + r"self_attn\.out_proj\.", _TM + r"decoder_layers.\1.self_attn.out_proj."),
+    (_DEC + r"multihead_attn\.out_proj\.", _TM + r"decoder_layers.\1.cross_attn.out_proj."),
+    (_DEC + r"linear1\.", _TM + r"decoder_layers.\1.ffn.fc1."),
+    (_DEC + r"linear2\.", _TM + r"decoder_layers.\1.ffn.fc2."),
+    (_DEC + r"norm1\.", _TM + r"decoder_layers.\1.self_attn_layer_norm."),
+    (_DEC + r"norm2\.", _TM + r"decoder_layers.\1.cross_attn_layer_norm."),
+    (_DEC + r"norm3\.", _TM + r"decoder_layers.\1.final_layer_norm."),
+    (_ENC + r"self_attn\.out_proj\.", _TM + r"encoder_layers.\1.self_attn.out_proj."),
+    (_ENC + r"linear1\.", _TM + r"encoder_layers.\1.ffn.fc1."),
+    (_ENC + r"linear2\.", _TM + r"encoder_layers.\1.ffn.fc2."),
+    (_ENC + r"norm1\.", _TM + r"encoder_layers.\1.self_attn_layer_norm."),
+    (_ENC + r"norm2\.", _TM + r"encoder_layers.\1.final_layer_norm."),
+    (_PR + r"class_embed\.", "class_predictor."),
+    (_PR + r"mask_embed\.layers\.(\d)\.", r"mask_embedder.layers.\1."),
+]
+# Packed q, k, v (in that order along dim 0) -> three keys of ours.
+PACKED_RULES: list[tuple[str, Callable[[re.Match], list[str]]]] = [
+    (_BLOCK + r"attn\.qkv\.(weight|bias)$",
+     lambda m: [f"{_SWIN}encoder.layers.{m[1]}.blocks.{m[2]}.attention.self.{p}.{m[3]}"
+                for p in ("query", "key", "value")]),
+    (_PR + r"transformer\.(encoder|decoder)\.layers\.(\d+)\.(self_attn|multihead_attn)\.in_proj_(weight|bias)$",
+     lambda m: [f"{_TM}{m[1]}_layers.{m[2]}.{'self_attn' if m[3] == 'self_attn' else 'cross_attn'}.{p}_proj.{m[4]}"
+                for p in "qkv"]),
+]
+# No counterpart in the model: the loss's class weights (rebuilt from the config), input statistics.
+DROPPED = (r"^criterion\.", r"^pixel_mean$", r"^pixel_std$")
+# Built by the model and checked against the checkpoint's copy, or not stored at all.
+_DETERMINISTIC = ("relative_position_index", "num_batches_tracked")
+# (bottleneck blocks?, blocks per stage) -> timm ResNet.
+_RESNETS = {(True, (3, 4, 6, 3)): "resnet50", (True, (3, 4, 23, 3)): "resnet101", (True, (3, 8, 36, 3)): "resnet152",
+            (False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34"}
+_DEEP_STEM_KWARGS = {"stem_type": "deep", "stem_width": 64}
+
+
+def check_supported_layout(keys: Sequence[str]) -> None:
+    """Raise ``ValueError`` for detectron2 layouts that our architecture cannot express."""
+    if any(k.startswith(("sem_seg_head.pixel_decoder.transformer.", "sem_seg_head.pixel_decoder.input_proj."))
+           for k in keys):
+        raise ValueError(
+            "convert_from_detectron2: this checkpoint's pixel decoder holds a transformer encoder (keys "
+            "sem_seg_head.pixel_decoder.input_proj.* and sem_seg_head.pixel_decoder.transformer.encoder.layers.*, "
+            "the 'R50 + 6 Enc' / TransformerEncoderPixelDecoder layout), whose output feeds both the top of the FPN "
+            "and the predictor. Our optional encoder sits in the transformer module after input_projection and our "
+            "FPN stem reads the raw res5 map, so these weights would make a different model; such checkpoints are "
+            "not supported yet.")
+    if any("transformer_cross_attention_layers" in k or "sampling_offsets" in k for k in keys):
+        raise ValueError("convert_from_detectron2: this looks like a Mask2Former checkpoint (masked attention / "
+                         "deformable pixel decoder); only MaskFormer checkpoints are supported")
+
+
+def _rename(key: str, deep_stem: bool) -> list[str] | None:
+    for pattern, make in PACKED_RULES:
+        match = re.match(pattern, key)
+        if match:
+            return make(match)
+    for pattern, replacement in (_DEEP_STEM if deep_stem else _RESNET_STEM) + RULES:
+        if re.match(pattern, key):
+            return [re.sub(pattern, replacement, key, count=1)]
+    return None
+
+
+def convert_detectron2_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Our state dict from a detectron2 MaskFormer one.
+
+    Returns:
+        ``(converted, origin)``: our key -> tensor (packed q/k/v split in three), and our key -> the
+        detectron2 key it came from (for error messages).
+    """
+    check_supported_layout(list(state_dict))
+    deep_stem = "backbone.stem.conv2.weight" in state_dict
+    converted: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    unmatched = []
+    for key, value in state_dict.items():
+        if any(re.match(pattern, key) for pattern in DROPPED):
+            continue
+        names = _rename(key, deep_stem)
+        if names is None:
+            unmatched.append(key)
+            continue
+        if len(names) > 1 and value.shape[0] % len(names):
+            raise ValueError(f"convert_from_detectron2: {key!r} of shape {tuple(value.shape)} does not split into "
+                             f"{len(names)} equal parts (packed q, k, v)")
+        for name, part in zip(names, value.chunk(len(names), dim=0) if len(names) > 1 else [value]):
+            converted[name] = part
+            origin[name] = key
+    if unmatched:
+        raise ValueError(f"convert_from_detectron2: no rule for {len(unmatched)} checkpoint key(s): {unmatched}")
+    return converted, origin
+
+
+# ---------------------------------------------------------------------------------------------
+# The config, from the weights' shapes.
+def _count(keys: Sequence[str], pattern: str) -> int:
+    """1 + the largest index captured by ``pattern`` among ``keys`` (0 when none matches)."""
+    found = [int(m[1]) for m in (re.match(pattern, k) for k in keys) if m]
+    return max(found) + 1 if found else 0
+
+
+def _resnet_backbone(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str | None, dict[str, Any]]:
+    keys = list(shapes)
+    blocks = tuple(_count(keys, rf"^backbone\.res{s}\.(\d+)\.") for s in range(2, 6))
+    bottleneck = "backbone.res2.0.conv3.weight" in shapes
+    name = _RESNETS.get((bottleneck, blocks))
+    if name is None:
+        kind = "bottleneck" if bottleneck else "basic"
+        raise ValueError(f"convert_from_detectron2: a ResNet with {blocks} {kind} blocks per stage has no timm "
+                         f"counterpart; expected one of {sorted(_RESNETS.values())}")
+    if "backbone.stem.conv2.weight" in shapes:  # deep stem
+        if name == "resnet101":
+            return "resnet101c", {}
+        return None, {"backbone": name, "backbone_kwargs": dict(_DEEP_STEM_KWARGS)}
+    return (name, {}) if name in PRESETS else (None, {"backbone": name})
+
+
+def _swin_backbone(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str | None, dict[str, Any]]:
+    keys = list(shapes)
+    embed_dim, _, patch_size, _ = shapes["backbone.patch_embed.proj.weight"]
+    stages = _count(keys, r"^backbone\.layers\.(\d+)\.")
+    depths = [_count(keys, rf"^backbone\.layers\.{i}\.blocks\.(\d+)\.") for i in range(stages)]
+    tables = [shapes[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(stages)]
+    heads = [table[1] for table in tables]
+    window = (math.isqrt(tables[0][0]) + 1) // 2
+    if (2 * window - 1) ** 2 != tables[0][0]:
+        raise ValueError(f"convert_from_detectron2: a relative-position bias table of {tables[0][0]} rows is not "
+                         f"(2 * window - 1) ** 2 for any window size")
+    mlp_ratio = shapes["backbone.layers.0.blocks.0.mlp.fc1.weight"][0] / embed_dim
+    qkv_bias = "backbone.layers.0.blocks.0.attn.qkv.bias" in shapes
+    for preset, values in PRESETS.items():
+        swin = values.get("backbone_config") or {}
+        if ((swin.get("embed_dim"), swin.get("depths"), swin.get("num_heads"), swin.get("window_size"))
+                == (embed_dim, depths, heads, window) and (patch_size, mlp_ratio, qkv_bias) == (4, 4.0, True)):
+            return preset, {}
+    backbone_config = {"model_type": "maskformer-swin", "embed_dim": embed_dim, "depths": depths, "num_heads": heads,
+                       "window_size": window, "patch_size": patch_size, "mlp_ratio": mlp_ratio, "qkv_bias": qkv_bias,
+                       "image_size": 224, "drop_path_rate": 0.3,
+                       "out_features": [f"stage{i + 1}" for i in range(stages)]}
+    return None, {"backbone": None, "backbone_config": backbone_config}
+
+
+def id2label_for(id2label: Mapping[int, str] | Sequence[str] | None, num_labels: int) -> dict[int, str]:
+    """Class names as ``{id: name}``: given (dict or list), ADE20K-150's for 150 classes, else ``LABEL_i``."""
+    if id2label is None:
+        if num_labels == 150:
+            from .data.ade20k import ADE20K_150_CLASSES
+
+            return dict(enumerate(ADE20K_150_CLASSES))
+        return {i: f"LABEL_{i}" for i in range(num_labels)}
+    if isinstance(id2label, Mapping):
+        labels = {int(k): str(v) for k, v in id2label.items()}
+    else:
+        labels = dict(enumerate(id2label))
+    if sorted(labels) != list(range(num_labels)):
+        raise ValueError(f"id2label: expected names for the checkpoint's {num_labels} classes "
+                         f"(ids 0..{num_labels - 1}), got {len(labels)} entries")
+    return labels
+
+
+def config_from_detectron2(state_dict: Mapping[str, Tensor], id2label: Mapping[int, str] | Sequence[str] | None = None,
+                           **config_overrides: Any) -> MaskFormerConfig:
+    """Our config for a detectron2 MaskFormer state dict, inferred from its keys and shapes (no values read).
+
+    ``config_overrides`` go to :class:`MaskFormerConfig` last (e.g. ``decoder_attention_heads``,
+    which the weights do not reveal; default 8, the release's ``NHEADS``).
+    """
+    shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
+    keys = list(shapes)
+    check_supported_layout(keys)
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in shapes:
+            raise ValueError(f"convert_from_detectron2: no {key!r} in the checkpoint; is it a detectron2 MaskFormer "
+                             f"checkpoint?")
+        return shapes[key]
+
+    num_queries, hidden_size = shape("sem_seg_head.predictor.query_embed.weight")
+    num_labels = shape("sem_seg_head.predictor.class_embed.weight")[0] - 1
+    encoder_layers = _count(keys, _ENC)
+    heads = config_overrides.pop("decoder_attention_heads", 8)
+    values: dict[str, Any] = {
+        "num_queries": num_queries,
+        "hidden_size": hidden_size,
+        "decoder_layers": _count(keys, _DEC),
+        "decoder_ffn_dim": shape("sem_seg_head.predictor.transformer.decoder.layers.0.linear1.weight")[0],
+        "decoder_attention_heads": heads,
+        "encoder_layers": encoder_layers,
+        "encoder_attention_heads": heads,  # detectron2's NHEADS serves encoder and decoder
+        "fpn_feature_size": shape("sem_seg_head.pixel_decoder.layer_4.weight")[0],
+        "mask_feature_size": shape("sem_seg_head.pixel_decoder.mask_features.weight")[0],
+        "id2label": id2label_for(id2label, num_labels),
+    }
+    if encoder_layers:
+        values["encoder_ffn_dim"] = shape("sem_seg_head.predictor.transformer.encoder.layers.0.linear1.weight")[0]
+    if "backbone.stem.conv1.weight" in shapes:
+        preset, backbone = _resnet_backbone(shapes)
+    elif "backbone.patch_embed.proj.weight" in shapes:
+        preset, backbone = _swin_backbone(shapes)
+    else:
+        raise ValueError("convert_from_detectron2: unknown backbone (expected backbone.stem.* for a ResNet or "
+                         "backbone.patch_embed.* for a Swin)")
+    values.update(config_overrides)
+    if preset is not None:
+        return MaskFormerConfig.from_preset(preset, **values)
+    return MaskFormerConfig(**backbone, **values)
+
+
+# ---------------------------------------------------------------------------------------------
+def _load_checked(model: MaskFormerForUniversalSegmentation, converted: dict[str, Tensor],
+                  origin: dict[str, str]) -> None:
+    """Load ``converted`` into ``model``, or raise naming every key left over, missing or misshapen."""
+    expected = model.state_dict()
+    unexpected = [origin[k] for k in converted if k not in expected]
+    missing = [k for k in expected if k not in converted and not k.endswith(_DETERMINISTIC)]
+    mismatched = [f"{origin[k]} {tuple(v.shape)} -> {k} {tuple(expected[k].shape)}"
+                  for k, v in converted.items() if k in expected and v.shape != expected[k].shape]
+    problems = []
+    if unexpected:
+        problems.append(f"checkpoint keys with no place in the model: {unexpected}")
+    if missing:
+        problems.append(f"model keys the checkpoint does not fill: {missing}")
+    if mismatched:
+        problems.append(f"shapes that differ: {mismatched}")
+    if problems:
+        raise ValueError("convert_from_detectron2: checkpoint and inferred model disagree; " + "; ".join(problems))
+    wrong = [origin[k] for k in converted if k.endswith("relative_position_index")
+             and not torch.equal(converted[k].to(expected[k].dtype), expected[k])]
+    if wrong:
+        raise ValueError(f"convert_from_detectron2: relative_position_index differs from the model's own for {wrong}")
+    model.load_state_dict(converted, strict=False)
+
+
+def convert_from_detectron2(path: str | os.PathLike | Mapping[str, Tensor],
+                            id2label: Mapping[int, str] | Sequence[str] | None = None,
+                            **config_overrides: Any) -> MaskFormerForUniversalSegmentation:
+    """Our :class:`MaskFormerForUniversalSegmentation` (eval mode) with the weights of an original MaskFormer.
+
+    Args:
+        path: a detectron2 weight file (``model_final_*.pkl``, or ``.pth``), or its ``"model"``
+            state dict (tensors or numpy arrays; see
+            :func:`~maskformer_hf.checkpoints.load_detectron2_state_dict`). Reading a ``.pkl``
+            unpickles it: use files from a trusted source only.
+        id2label: class names (dict or list); default ADE20K-150's for 150 classes, else ``LABEL_i``.
+        config_overrides: :class:`MaskFormerConfig` fields set over the inferred ones.
+
+    Raises:
+        ValueError: for a layout we cannot express ("R50 + 6 Enc" pixel decoders), a checkpoint key
+            that nothing consumes, or a model key that the checkpoint does not fill.
+    """
+    if isinstance(path, Mapping):
+        state_dict = {key: _to_tensor(key, value) for key, value in path.items()}
+    else:
+        state_dict = load_detectron2_state_dict(path)
+    config = config_from_detectron2(state_dict, id2label, **config_overrides)
+    converted, origin = convert_detectron2_state_dict(state_dict)
+    model = MaskFormerForUniversalSegmentation(config)
+    _load_checked(model, converted, origin)
+    return model.eval()
+
+
+def detectron2_image_processor(state_dict: Mapping[str, Tensor]) -> MaskFormerImageProcessor:
+    """Our processor; its mean/std from the checkpoint's ``pixel_mean`` / ``pixel_std`` (0..255) when stored."""
+    kwargs = {}
+    for key, field in (("pixel_mean", "image_mean"), ("pixel_std", "image_std")):
+        if key in state_dict:
+            kwargs[field] = (state_dict[key].flatten().double() / 255.0).tolist()
+    return MaskFormerImageProcessor(**kwargs)
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *,
+                       id2label: Mapping[int, str] | Sequence[str] | None = None,
+                       revision: str | None = None) -> MaskFormerForUniversalSegmentation:
+    """Convert a MaskFormer checkpoint into a folder of ours and return the model.
+
+    Args:
+        src: a detectron2 weight file of the original release (``model_final_*.pkl`` / ``.pth``;
+            a ``.pkl`` is unpickled, so it must come from a trusted source), or the folder / Hub id
+            of a transformers MaskFormer checkpoint.
+        dst: output folder; receives ``config.json``, ``model.safetensors`` and
+            ``preprocessor_config.json`` (the source's when it has one; else ours, normalised with
+            the detectron2 file's ``pixel_mean`` / ``pixel_std`` when stored, ImageNet's otherwise).
+            No README: model cards are written by their own tools.
+        id2label: class names (dict or list) replacing the source's.
+        revision: Hub revision of a transformers ``src``.
+    """
+    if is_detectron2_checkpoint(src):
+        state_dict = load_detectron2_state_dict(src)
+        model = convert_from_detectron2(state_dict, id2label=id2label)
+        processor, source_processor = detectron2_image_processor(state_dict), None
+    else:
+        hub_kwargs = {"revision": revision} if revision else {}
+        if not is_transformers_checkpoint(src, **hub_kwargs):
+            raise ValueError(f"convert_checkpoint: {src} is neither a detectron2 MaskFormer weight file (.pkl / .pth) "
+                             f"nor a transformers MaskFormer checkpoint (config.json with model_type 'maskformer')")
+        model = convert_from_transformers(src, **hub_kwargs)
+        if id2label is not None:
+            model.config.id2label = id2label_for(id2label, model.config.num_labels)
+            model.config.label2id = {name: i for i, name in model.config.id2label.items()}
+        processor = MaskFormerImageProcessor()
+        source_processor = _resolve(src, "preprocessor_config.json", **hub_kwargs)
+    dst = Path(dst)
+    model.save_pretrained(dst)
+    if source_processor is not None:
+        shutil.copy(source_processor, dst / "preprocessor_config.json")
+    else:
+        processor.save_pretrained(dst)
+    return model
