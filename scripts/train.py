@@ -9,6 +9,7 @@ Flags: every field of ``maskformer_hf.training.TrainConfig`` (``python scripts/t
 """
 
 import logging
+import sys
 
 from maskformer_hf.cli import run_train, train_parser
 
@@ -16,7 +17,7 @@ from maskformer_hf.cli import run_train, train_parser
 def main(argv=None) -> None:
     args = train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run_train(args)
+    run_train(args, command=["python scripts/train.py", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

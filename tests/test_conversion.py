@@ -1,5 +1,6 @@
 """Parity with transformers' MaskFormer (the oracle) on converted weights."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -99,8 +100,17 @@ def test_convert_script(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts/convert_transformers_checkpoint.py"), str(src), str(dst)],
                    check=True, capture_output=True)
     assert (dst / "model.safetensors").is_file()
-    card = (dst / "README.md").read_text()
-    assert str(src) in card and "classes: 5" in card
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(dst / "README.md")
+    assert f"converted from {src}" in card.text and "| classes | 5 " in card.text
+    assert card.data.pipeline_tag == "image-segmentation" and card.data.license == "other"
+    assert json.loads((dst / "conversion_info.json").read_text())["format"] == "transformers"
+    # The CLI: a folder that is no MaskFormer checkpoint is a clear error, exit status 2.
+    from maskformer_hf.cli import main as cli_main
+
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["convert", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
     model = AutoModelForUniversalSegmentation.from_pretrained(dst)
     assert isinstance(model, MaskFormerForUniversalSegmentation)
     class_diff, mask_diff = max_diffs(hf_model, model.eval(), torch.randn(1, 3, 64, 96))

@@ -155,11 +155,13 @@ def write_head(w: Detectron2Writer, model: MaskFormerForUniversalSegmentation) -
         w.norm(f"sem_seg_head.pixel_decoder.layer_{level}.norm", output.norm)
     w.linear("sem_seg_head.pixel_decoder.mask_features", decoder.mask_projection)
     module, p = model.model.transformer_module, "sem_seg_head.predictor."
+    # "R50 + 6 Enc" (TransformerEncoderPixelDecoder): projection and encoder live in the pixel decoder.
+    encoder_home = "sem_seg_head.pixel_decoder." if model.config.encoder_feeds_pixel_decoder else p
     w.put(p + "query_embed.weight", module.query_embeddings.weight, 1.0)
     if isinstance(module.input_projection, nn.Conv2d):
-        w.linear(p + "input_proj", module.input_projection)
+        w.linear(encoder_home + "input_proj", module.input_projection)
     for i, layer in enumerate(module.encoder_layers):
-        key = f"{p}transformer.encoder.layers.{i}."
+        key = f"{encoder_home}transformer.encoder.layers.{i}."
         write_attention(w, key + "self_attn", layer.self_attn)
         w.linear(key + "linear1", layer.ffn.fc1)
         w.linear(key + "linear2", layer.ffn.fc2)
@@ -300,12 +302,25 @@ def test_relative_position_index_is_verified(swin_case):
         convert_from_detectron2({**state, key: wrong})
 
 
-def test_pixel_decoder_with_an_encoder_is_refused(swin_case):
-    _, state, _ = swin_case
-    six_enc = {**state, "sem_seg_head.pixel_decoder.input_proj.weight": np.zeros((32, 256, 1, 1), np.float32),
-               "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.linear1.weight": np.zeros((64, 32), np.float32)}
-    with pytest.raises(ValueError, match=r"pixel_decoder\.transformer\.encoder.*not supported yet"):
-        convert_from_detectron2(six_enc)
+def test_six_enc_checkpoint_with_the_encoder_in_the_pixel_decoder(tmp_path):
+    """The original "R50 + 6 Enc" layout: the encoder's output feeds the FPN top and the predictor."""
+    config = MaskFormerConfig.from_preset("resnet50-6enc", num_labels=4, num_queries=5, hidden_size=64,
+                                          decoder_layers=2, decoder_ffn_dim=48, decoder_attention_heads=4,
+                                          encoder_layers=2, encoder_ffn_dim=40, encoder_attention_heads=4,
+                                          fpn_feature_size=32, mask_feature_size=24)
+    reference, writer = reference_and_checkpoint(config, seed=3)
+    assert "sem_seg_head.pixel_decoder.transformer.encoder.layers.1.linear2.weight" in writer.state
+    assert "sem_seg_head.pixel_decoder.input_proj.weight" in writer.state
+    assert not any(k.startswith("sem_seg_head.predictor.input_proj") for k in writer.state)
+    assert writer.state["sem_seg_head.pixel_decoder.layer_4.weight"].shape[1] == 64  # the stem reads the encoder
+    converted = convert_from_detectron2(writer.save(tmp_path / "model_final_6enc.pkl"), decoder_attention_heads=4)
+    got = converted.config
+    assert (got.encoder_layers, got.encoder_feeds_pixel_decoder, got.encoder_ffn_dim) == (2, True, 40)
+    assert_same_outputs(reference, converted, [(64, 64), (96, 64)])
+    # A second projection in the predictor has no place in this layout.
+    extra = {**writer.state, "sem_seg_head.predictor.input_proj.weight": np.zeros((64, 64, 1, 1), np.float32)}
+    with pytest.raises(ValueError, match="not supported"):
+        convert_from_detectron2(extra)
 
 
 def test_wrong_number_of_class_names_is_refused(swin_case):
@@ -393,7 +408,9 @@ def test_convert_script_on_a_pkl(swin_case, tmp_path):
     done = subprocess.run([sys.executable, str(script), str(path), str(dst)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "trusted source" in done.stderr
-    assert str(path) in (dst / "README.md").read_text() and "classes: 150" in (dst / "README.md").read_text()
+    card = (dst / "README.md").read_text()
+    assert str(path) in card and "| classes | 150 (wall, building" in card and "maskformer-hf convert" in card
+    assert json.loads((dst / "conversion_info.json").read_text())["format"] == "detectron2"
     processor = json.loads((dst / "preprocessor_config.json").read_text())
     np.testing.assert_allclose(processor["image_mean"], [0.485, 0.456, 0.406])
     assert_same_outputs(reference, MaskFormerForUniversalSegmentation.from_pretrained(dst).eval(), [(64, 64)])

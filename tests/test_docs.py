@@ -7,9 +7,9 @@ after ``make demo`` (``demo_output/`` from a tiny run of the demo recipe), links
 stand-ins for the Hub checkpoints the page names (``facebook/maskformer-*``: local folders of that
 name, which ``from_pretrained`` takes before the Hub; the network is off).
 
-* ``python`` blocks run in one namespace per page, as written. Uploads to the Hub
-  (``huggingface_hub.create_repo`` / ``upload_folder``) are recorded instead of sent, and the
-  folder uploaded is checked to be a complete checkpoint.
+* ``python`` blocks run in one namespace per page, as written. The Hub is faked at ``HfApi``'s HTTP
+  calls (``tests/fake_hub.py``), in the test's process and for ``maskformer-hf push`` / ``train
+  --push_to_hub`` commands; every commit is checked to hold a complete checkpoint.
 * ``bash`` blocks run one command per line through bash. Commands that train, evaluate, benchmark or
   generate data get budget flags appended (``BUDGETS``; argparse keeps the last value of a flag):
   the command as written, with 2 steps, 64-pixel crops, a few examples and, for paper presets, a tiny
@@ -38,11 +38,13 @@ import pytest
 from PIL import Image
 
 from conftest import scene, tiny_hf_model
+from fake_hub import FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 NOT_RUN = {"make test": "the command that runs this very suite (CI runs it through .ci/run)"}
 LINKED = ("scripts", "benchmarks", "assets", "app.py", "src")
+HUB = ".fake_hub"  # the workspace folder holding the faked Hub's repositories (tests/fake_hub.py)
 
 TINY_MODEL = {"hidden_size": 32, "fpn_feature_size": 32, "mask_feature_size": 32, "num_queries": 12,
               "decoder_layers": 2, "decoder_ffn_dim": 64, "decoder_attention_heads": 4, "encoder_layers": 0}
@@ -156,6 +158,7 @@ def make_workspace(path: Path, shared: Path, page: str, hub_stand_ins) -> Path:
         shutil.copytree(shared / name, path / name)
     for name in LINKED:
         (path / name).symlink_to(ROOT / name)
+    shutil.copytree(ROOT / "model_cards", path / "model_cards")  # a copy: `make_model_cards.py` rewrites it
     for hub_id in hub_ids(page):
         (path / hub_id).parent.mkdir(parents=True, exist_ok=True)
         (path / hub_id).symlink_to(hub_stand_ins(hub_id))
@@ -246,41 +249,24 @@ def run_command(tokens: list[str], workspace: Path) -> None:
     if "app.py" in tokens:
         return serve_and_stop(tokens, workspace, env)
     tokens = with_budget(tokens)
+    if tokens[0] == "maskformer-hf" and ("push" in tokens[1:2] or "--push_to_hub" in tokens):
+        tokens = [sys.executable, str(ROOT / "tests" / "fake_hub.py"), str(workspace / HUB), *tokens[1:]]
     done = subprocess.run(["bash", "-c", shlex.join(tokens)], cwd=workspace, env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, f"{text}\n(run as: {shlex.join(tokens)})\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
 
 
-class FakeHub:
-    """``create_repo`` / ``upload_folder`` recorded; an upload must be a complete checkpoint."""
-
-    def __init__(self) -> None:
-        self.uploads: list[tuple[str, Path]] = []
-
-    def create_repo(self, repo_id: str, **kwargs) -> str:
-        assert re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id), repo_id
-        return f"https://huggingface.co/{repo_id}"
-
-    def upload_folder(self, repo_id: str, folder_path: str, **kwargs) -> str:
-        files = {p.name for p in Path(folder_path).iterdir()}
-        assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= files, files
-        self.uploads.append((repo_id, Path(folder_path)))
-        return f"https://huggingface.co/{repo_id}/commit/0"
-
-
 @pytest.mark.parametrize("page", PAGES)
 def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_stand_ins):
-    import huggingface_hub
-
     blocks = code_blocks(page)
     assert blocks or page == "docs/benchmarks.md"
     workspace = make_workspace(tmp_path, shared, page, hub_stand_ins)
     monkeypatch.chdir(workspace)
     for name, value in environment().items():
         monkeypatch.setenv(name, value)
-    hub = FakeHub()
-    monkeypatch.setattr(huggingface_hub, "create_repo", hub.create_repo)
-    monkeypatch.setattr(huggingface_hub, "upload_folder", hub.upload_folder)
+    hub = FakeHub(workspace / HUB)
+    hub.install(monkeypatch)
+    monkeypatch.setenv("HF_TOKEN", "hf_docs_token")
     namespace: dict = {"__name__": "__docs__"}
     ran = 0
     for language, code in blocks:
@@ -294,8 +280,11 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_s
                 run_command(tokens, workspace)
                 ran += 1
     assert ran > 0
-    if "upload_folder(" in (ROOT / page).read_text():
-        assert hub.uploads, "the page uploads to the Hub, but nothing was uploaded"
+    text = (ROOT / page).read_text()
+    if "maskformer-hf push" in text or "push_to_hub(" in text or "--push_to_hub true" in text:
+        assert hub.commits, "the page pushes to the Hub, but nothing was pushed"
+        for commit in hub.commits:  # each push: one commit holding a complete checkpoint
+            assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(commit["files"])
 
 
 def test_readme_is_a_front_door_that_links_every_page():

@@ -209,11 +209,32 @@ def test_timm_swin_channels_last_features_are_permuted():
                                                                       (256, 3, 4)]
 
 
-def test_encoder_layers_run_and_honour_padding():
+@pytest.mark.parametrize("feeds", [False, True])
+def test_encoder_layers_run_and_honour_padding(feeds):
     torch.manual_seed(0)
-    model = MaskFormerForUniversalSegmentation(tiny_config(encoder_layers=2)).eval()
+    model = MaskFormerForUniversalSegmentation(tiny_config(encoder_layers=2, encoder_feeds_pixel_decoder=feeds)).eval()
     assert len(model.model.transformer_module.encoder_layers) == 2
+    # The original "R50 + 6 Enc" layout: the FPN stem reads the encoder's hidden_size-wide output.
+    assert model.model.pixel_decoder.stem.conv.in_channels == (64 if feeds else model.model.backbone.channels[-1])
     check_batch_consistency(model)
+
+
+def test_encoder_feeding_the_pixel_decoder_is_the_fpn_on_the_encoder_output():
+    """With encoder_feeds_pixel_decoder, the stride-32 FPN input is the encoder's output: the same
+    FPN run by hand on that output gives the model's per-pixel embeddings."""
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config(encoder_layers=2, encoder_feeds_pixel_decoder=True)).eval()
+    pixel_values = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        out = model.model(pixel_values)
+        maps, _ = model.model.backbone(pixel_values)
+        memory, _, _ = model.model.transformer_module.encode(maps[-1])
+        top = memory.transpose(1, 2).reshape(1, 64, *maps[-1].shape[-2:])
+        fpn = model.model.pixel_decoder(maps[:-1] + [top])
+    torch.testing.assert_close(out.pixel_decoder_last_hidden_state, model.model.pixel_decoder.mask_projection(fpn[-1]))
+    with pytest.raises(ValueError, match="encoder_feeds_pixel_decoder"):
+        tiny_config(encoder_feeds_pixel_decoder=True)  # no encoder to feed
+    assert MaskFormerConfig.from_preset("resnet50-6enc").encoder_feeds_pixel_decoder is True
 
 
 def semantic_map(class_logits, mask_logits):

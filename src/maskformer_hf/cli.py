@@ -5,6 +5,9 @@
     maskformer-hf train --config my_recipe.yaml --max_steps 1000 --engine trainer
     accelerate launch -m maskformer_hf.cli train --config coco-panoptic-swin-tiny --data_dir /data/coco
     maskformer-hf evaluate --model outputs/run/model --dataset ade20k --data_dir /data/ADE... --tta
+    maskformer-hf push outputs/run/model --repo-id my-org/maskformer-ade20k
+    maskformer-hf card outputs/run/model
+    maskformer-hf convert facebook/maskformer-swin-base-ade ./maskformer-swin-base-ade
     maskformer-hf recipes
 
 Every field of :class:`~maskformer_hf.training.TrainConfig` is a ``--flag``; a recipe file (or a
@@ -87,15 +90,16 @@ def train_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def run_train(args: argparse.Namespace) -> dict[str, Any]:
+def run_train(args: argparse.Namespace, command: list[str] | None = None) -> dict[str, Any]:
+    """Train from parsed flags; ``command`` (program first) is recorded in the model card."""
     config = config_from_args(args)
     if args.engine == "trainer":
         from .trainer import train_with_trainer
 
-        return train_with_trainer(config)
+        return train_with_trainer(config, command=command)
     from .train_loop import train
 
-    return train(config)
+    return train(config, command=command)
 
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -212,12 +216,100 @@ def evaluate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def push_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a checkpoint folder (e.g. <output_dir>/model)")
+    parser.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True, help="the Hub repository, owner/name")
+    parser.add_argument("--private", action="store_true", help="create the repository private (if it is new)")
+    parser.add_argument("--revision", help="the branch to push to (created if missing; default: main)")
+    parser.add_argument("--commit-message", "--commit_message", dest="commit_message", help="the commit's message")
+    parser.add_argument("--create-pr", "--create_pr", dest="create_pr", action="store_true",
+                        help="open a pull request instead of committing to the branch")
+    parser.add_argument("--license", help="the card's licence (default: kept, else apache-2.0)")
+    parser.add_argument("--token", help="a Hub token with write access (default: HF_TOKEN or the saved login)")
+    return parser
+
+
+def run_push(args: argparse.Namespace) -> int:
+    """``maskformer-hf push``: 0 when pushed, 2 for a bad repo id, token or folder."""
+    from .hub import push_to_hub
+
+    try:
+        info = push_to_hub(args.model_dir, args.repo_id, private=args.private or None, revision=args.revision,
+                           commit_message=args.commit_message, token=args.token, create_pr=args.create_pr,
+                           license=args.license)
+    except ValueError as error:
+        print(f"push: {error}", file=sys.stderr)
+        return 2
+    print(f"pushed {args.model_dir} to {args.repo_id} in one commit: {getattr(info, 'commit_url', info)}")
+    return 0
+
+
+def card_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a checkpoint folder (e.g. <output_dir>/model)")
+    parser.add_argument("--metrics", help="a metrics JSON (default: MODEL_DIR/metrics.json, else ../metrics.json); "
+                                          "a `maskformer-hf evaluate` report works too")
+    parser.add_argument("--repo-id", "--repo_id", dest="repo_id", help="the Hub id shown in the card's snippets")
+    parser.add_argument("--license", help="the card's licence (default: apache-2.0)")
+    return parser
+
+
+def run_card(args: argparse.Namespace) -> int:
+    """``maskformer-hf card``: (re)write MODEL_DIR/README.md; what was written outside the generated block stays."""
+    from .hub import check_checkpoint
+    from .model_card import METRICS_FILE, write_model_card
+
+    try:
+        folder = check_checkpoint(args.model_dir)
+        metrics_path = Path(args.metrics) if args.metrics else next(
+            (p for p in (folder / METRICS_FILE, folder.parent / METRICS_FILE) if p.is_file()), None)
+        metrics = json.loads(metrics_path.read_text()) if metrics_path else None
+        path = write_model_card(folder, repo_id=args.repo_id, metrics=metrics, license=args.license)
+    except (ValueError, OSError) as error:
+        print(f"card: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}" + (f" (metrics from {metrics_path})" if metrics_path else " (no metrics found)"))
+    return 0
+
+
+def convert_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("src", metavar="SRC", help="a transformers MaskFormer checkpoint (folder or Hub id), or an "
+                                                   "original detectron2 file (model_final_*.pkl / .pth)")
+    parser.add_argument("dst", metavar="DST", help="the output folder (a maskformer_hf checkpoint with its card)")
+    parser.add_argument("--revision", help="Hub revision of a transformers SRC")
+    parser.add_argument("--id2label", help="a JSON file of class names (a list, or an object id -> name)")
+    return parser
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """``maskformer-hf convert``: 0 when converted, 2 when SRC is not a MaskFormer checkpoint we can map."""
+    from .conversion_detectron2 import convert_checkpoint, is_detectron2_checkpoint
+    from .model_card import CONVERSION_INFO_FILE, write_model_card
+
+    try:
+        id2label = json.loads(Path(args.id2label).read_text()) if args.id2label else None
+        model = convert_checkpoint(args.src, args.dst, id2label=id2label, revision=args.revision)
+    except (ValueError, OSError) as error:
+        print(f"convert: {error}", file=sys.stderr)
+        return 2
+    command = ["maskformer-hf convert", args.src, args.dst] + (["--revision", args.revision] if args.revision else [])
+    info = {"source": str(args.src), "format": "detectron2" if is_detectron2_checkpoint(args.src) else "transformers",
+            "revision": args.revision, "command": " ".join(command)}
+    (Path(args.dst) / CONVERSION_INFO_FILE).write_text(json.dumps(info, indent=1))
+    write_model_card(args.dst)
+    print(f"wrote {args.dst}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+          f"{model.config.num_labels} classes, {model.config.num_queries} queries")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskformer-hf", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     segment_parser(commands.add_parser("segment", help="segment images; write overlays and predictions"))
     train_parser(commands.add_parser("train", help="train a model (accelerate loop or Trainer)"))
     evaluate_parser(commands.add_parser("evaluate", help="evaluate a checkpoint on a dataset split, write a JSON report"))
+    push_parser(commands.add_parser("push", help="publish a checkpoint folder to the Hub in one commit, card included"))
+    card_parser(commands.add_parser("card", help="(re)write a checkpoint's model card from its metrics and recipe"))
+    convert_parser(commands.add_parser("convert", help="convert a transformers or original (detectron2) checkpoint"))
     commands.add_parser("recipes", help="list the shipped training recipes")
     return parser
 
@@ -227,8 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.command == "segment":
         return run_segment(args)
+    if args.command == "push":
+        return run_push(args)
+    if args.command == "card":
+        return run_card(args)
+    if args.command == "convert":
+        return run_convert(args)
     if args.command == "train":
-        run_train(args)
+        run_train(args, command=["maskformer-hf", *(sys.argv[1:] if argv is None else argv)])
     elif args.command == "evaluate":
         run_evaluate(args)
     else:

@@ -40,8 +40,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "resnet50": {"backbone": "resnet50"},
     "resnet101": {"backbone": "resnet101"},
     "resnet101c": {"backbone": "resnet101", "backbone_kwargs": {"stem_type": "deep", "stem_width": 64}},
-    "resnet50-6enc": {"backbone": "resnet50", "encoder_layers": 6},
-    "resnet101-6enc": {"backbone": "resnet101", "encoder_layers": 6},
+    # "R50 + 6 Enc" (COCO panoptic): as in the original, the encoder output also feeds the FPN.
+    "resnet50-6enc": {"backbone": "resnet50", "encoder_layers": 6, "encoder_feeds_pixel_decoder": True},
+    "resnet101-6enc": {"backbone": "resnet101", "encoder_layers": 6, "encoder_feeds_pixel_decoder": True},
     "swin-tiny": {
         "backbone": "microsoft/swin-tiny-patch4-window7-224",
         "backbone_config": _swin(96, [2, 2, 6, 2], [3, 6, 12, 24], 7, 224),
@@ -125,6 +126,7 @@ class MaskFormerConfig(PretrainedConfig):
         encoder_layers: int = 0,  # DETR encoder layers on the stride-32 map (6 for "R50 + 6 Enc")
         encoder_attention_heads: int = 8,
         encoder_ffn_dim: int = 2048,
+        encoder_feeds_pixel_decoder: bool = False,  # the FPN starts from the encoder output, not the backbone map
         decoder_layers: int = 6,  # each layer's output is supervised when use_auxiliary_loss
         decoder_attention_heads: int = 8,
         decoder_ffn_dim: int = 2048,
@@ -161,6 +163,7 @@ class MaskFormerConfig(PretrainedConfig):
         self.encoder_layers = encoder_layers
         self.encoder_attention_heads = encoder_attention_heads
         self.encoder_ffn_dim = encoder_ffn_dim
+        self.encoder_feeds_pixel_decoder = encoder_feeds_pixel_decoder
         self.decoder_layers = decoder_layers
         self.decoder_attention_heads = decoder_attention_heads
         self.decoder_ffn_dim = decoder_ffn_dim
@@ -198,6 +201,8 @@ class MaskFormerConfig(PretrainedConfig):
             value = getattr(self, field)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field, "a positive integer")
         need(isinstance(self.encoder_layers, int) and self.encoder_layers >= 0, "encoder_layers", "an integer >= 0")
+        need(not self.encoder_feeds_pixel_decoder or self.encoder_layers > 0, "encoder_feeds_pixel_decoder",
+             "False when encoder_layers is 0 (there is no encoder output to feed)")
         need(self.hidden_size % self.decoder_attention_heads == 0, "decoder_attention_heads",
              f"a divisor of hidden_size={self.hidden_size}")
         need(self.hidden_size % self.encoder_attention_heads == 0, "encoder_attention_heads",

@@ -44,7 +44,9 @@ _PR = r"^sem_seg_head\.predictor\."
 _BLOCK = r"^backbone\.layers\.(\d+)\.blocks\.(\d+)\."
 _SWIN_BLOCK = _SWIN + r"encoder.layers.\1.blocks.\2."
 _DEC = _PR + r"transformer\.decoder\.layers\.(\d+)\."
-_ENC = _PR + r"transformer\.encoder\.layers\.(\d+)\."
+# Encoder layers: in the predictor, or ("R50 + 6 Enc", TransformerEncoderPixelDecoder) in the pixel decoder.
+_ENC = r"^sem_seg_head\.(?:predictor|pixel_decoder)\.transformer\.encoder\.layers\.(\d+)\."
+_PD_ENCODER = ("sem_seg_head.pixel_decoder.transformer.", "sem_seg_head.pixel_decoder.input_proj.")
 
 Replacement = str | Callable[[re.Match], str]
 
@@ -101,6 +103,7 @@ RULES: list[tuple[str, Replacement]] = [
     # Predictor (TransformerPredictor, DETR post-norm layers)
     (_PR + r"query_embed\.weight$", _TM + "query_embeddings.weight"),
     (_PR + r"input_proj\.", _TM + "input_projection."),
+    (_PD + r"input_proj\.", _TM + "input_projection."),  # 6 Enc: res5 -> d before the encoder
     (_PR + r"transformer\.decoder\.norm\.", _TM + "decoder_norm."),
     (_DEC + r"self_attn\.out_proj\.", _TM + r"decoder_layers.\1.self_attn.out_proj."),
     (_DEC + r"multihead_attn\.out_proj\.", _TM + r"decoder_layers.\1.cross_attn.out_proj."),
@@ -122,7 +125,8 @@ PACKED_RULES: list[tuple[str, Callable[[re.Match], list[str]]]] = [
     (_BLOCK + r"attn\.qkv\.(weight|bias)$",
      lambda m: [f"{_SWIN}encoder.layers.{m[1]}.blocks.{m[2]}.attention.self.{p}.{m[3]}"
                 for p in ("query", "key", "value")]),
-    (_PR + r"transformer\.(encoder|decoder)\.layers\.(\d+)\.(self_attn|multihead_attn)\.in_proj_(weight|bias)$",
+    (r"^sem_seg_head\.(?:predictor|pixel_decoder)\.transformer\.(encoder|decoder)\.layers\.(\d+)\."
+     r"(self_attn|multihead_attn)\.in_proj_(weight|bias)$",
      lambda m: [f"{_TM}{m[1]}_layers.{m[2]}.{'self_attn' if m[3] == 'self_attn' else 'cross_attn'}.{p}_proj.{m[4]}"
                 for p in "qkv"]),
 ]
@@ -138,15 +142,15 @@ _DEEP_STEM_KWARGS = {"stem_type": "deep", "stem_width": 64}
 
 def check_supported_layout(keys: Sequence[str]) -> None:
     """Raise ``ValueError`` for detectron2 layouts that our architecture cannot express."""
-    if any(k.startswith(("sem_seg_head.pixel_decoder.transformer.", "sem_seg_head.pixel_decoder.input_proj."))
-           for k in keys):
-        raise ValueError(
-            "convert_from_detectron2: this checkpoint's pixel decoder holds a transformer encoder (keys "
-            "sem_seg_head.pixel_decoder.input_proj.* and sem_seg_head.pixel_decoder.transformer.encoder.layers.*, "
-            "the 'R50 + 6 Enc' / TransformerEncoderPixelDecoder layout), whose output feeds both the top of the FPN "
-            "and the predictor. Our optional encoder sits in the transformer module after input_projection and our "
-            "FPN stem reads the raw res5 map, so these weights would make a different model; such checkpoints are "
-            "not supported yet.")
+    if any(k.startswith(_PD_ENCODER) for k in keys):
+        # "R50 + 6 Enc": the pixel decoder's encoder output feeds the FPN top and, unprojected, the predictor
+        # (our encoder_feeds_pixel_decoder). A second encoder or projection in the predictor has no place here.
+        extra = [k for k in keys if k.startswith(("sem_seg_head.predictor.input_proj.",
+                                                  "sem_seg_head.predictor.transformer.encoder."))]
+        if extra:
+            raise ValueError(f"convert_from_detectron2: the pixel decoder holds a transformer encoder and the "
+                             f"predictor has its own input projection or encoder too ({extra[:3]}); this layout "
+                             f"is not supported")
     if any("transformer_cross_attention_layers" in k or "sampling_offsets" in k for k in keys):
         raise ValueError("convert_from_detectron2: this looks like a Mask2Former checkpoint (masked attention / "
                          "deformable pixel decoder); only MaskFormer checkpoints are supported")
@@ -294,7 +298,9 @@ def config_from_detectron2(state_dict: Mapping[str, Tensor], id2label: Mapping[i
         "id2label": id2label_for(id2label, num_labels),
     }
     if encoder_layers:
-        values["encoder_ffn_dim"] = shape("sem_seg_head.predictor.transformer.encoder.layers.0.linear1.weight")[0]
+        where = "pixel_decoder" if any(k.startswith(_PD_ENCODER) for k in keys) else "predictor"
+        values["encoder_ffn_dim"] = shape(f"sem_seg_head.{where}.transformer.encoder.layers.0.linear1.weight")[0]
+        values["encoder_feeds_pixel_decoder"] = where == "pixel_decoder"
     if "backbone.stem.conv1.weight" in shapes:
         preset, backbone = _resnet_backbone(shapes)
     elif "backbone.patch_embed.proj.weight" in shapes:
@@ -347,8 +353,9 @@ def convert_from_detectron2(path: str | os.PathLike | Mapping[str, Tensor],
         config_overrides: :class:`MaskFormerConfig` fields set over the inferred ones.
 
     Raises:
-        ValueError: for a layout we cannot express ("R50 + 6 Enc" pixel decoders), a checkpoint key
-            that nothing consumes, or a model key that the checkpoint does not fill.
+        ValueError: for a layout we cannot express, a checkpoint key that nothing consumes, or a
+            model key that the checkpoint does not fill. "R50 + 6 Enc" checkpoints (an encoder in the
+            pixel decoder, TransformerEncoderPixelDecoder) convert to ``encoder_feeds_pixel_decoder=True``.
     """
     if isinstance(path, Mapping):
         state_dict = {key: _to_tensor(key, value) for key, value in path.items()}

@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 from .backbones import MaskFormerBackbone
 from .configuration_maskformer import MaskFormerConfig
 from .loss_maskformer import MaskFormerLoss
-from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, mask_logits, matched_mask_logits
+from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, mask_logits, matched_mask_logits, zero_padding
 from .transformer_decoder import DecoderLayer, EncoderLayer, FeedForward, MaskFormerTransformerModule, MultiHeadAttention
 
 
@@ -172,9 +172,11 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
     def __init__(self, config: MaskFormerConfig) -> None:
         super().__init__(config)
         self.backbone = MaskFormerBackbone(config)
-        self.pixel_decoder = MaskFormerPixelDecoder(
-            self.backbone.channels, config.fpn_feature_size, config.mask_feature_size
-        )
+        # The original "R50 + 6 Enc" layout: the FPN starts from the encoder's output (hidden_size wide).
+        self.encoder_feeds_pixel_decoder = config.encoder_feeds_pixel_decoder
+        fpn_inputs = self.backbone.channels[:-1] + [config.hidden_size] if self.encoder_feeds_pixel_decoder \
+            else self.backbone.channels
+        self.pixel_decoder = MaskFormerPixelDecoder(fpn_inputs, config.fpn_feature_size, config.mask_feature_size)
         self.transformer_module = MaskFormerTransformerModule(
             in_channels=self.backbone.channels[-1],
             hidden_size=config.hidden_size,
@@ -203,8 +205,14 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
                 f"(batch_size, height, width), got {tuple(pixel_mask.shape)}"
             )
         backbone_maps, masks = self.backbone(pixel_values, pixel_mask)
-        fpn_maps = self.pixel_decoder(backbone_maps, masks)
-        decoder_states = self.transformer_module(backbone_maps[-1], None if masks is None else masks[-1])
+        top_mask = None if masks is None else masks[-1]
+        memory, memory_pos, key_mask = self.transformer_module.encode(backbone_maps[-1], top_mask)
+        fpn_inputs = backbone_maps
+        if self.encoder_feeds_pixel_decoder:  # (B, h*w, D) tokens -> (B, D, h, w) map, zero on padding as the others
+            top = memory.transpose(1, 2).reshape(memory.shape[0], -1, *backbone_maps[-1].shape[-2:])
+            fpn_inputs = backbone_maps[:-1] + [zero_padding(top, top_mask)]
+        fpn_maps = self.pixel_decoder(fpn_inputs, masks)
+        decoder_states = self.transformer_module.decode(memory, memory_pos, key_mask)
         return MaskFormerFeatures(backbone_maps, fpn_maps, decoder_states)
 
     def forward(

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluation import evaluate_segmentation
+from .model_card import training_info
 from .precision import cpu_supports_bf16
 from .training import (AugmentedDataset, EpochBatchSampler, TrainConfig, build_model_and_processor,
                        create_optimizer_and_scheduler, global_num_masks, load_splits, train_transforms)
@@ -50,7 +51,8 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(accelerator: Any, output_dir: Path, step: int, config: TrainConfig) -> Path:
+def save_checkpoint(accelerator: Any, output_dir: Path, step: int, config: TrainConfig,
+                    wall_time_seconds: float = 0.0) -> Path:
     """``accelerator.save_state`` into a temporary folder renamed into place once complete, so that
     an interrupted save never leaves a checkpoint that looks valid."""
     final = output_dir / CHECKPOINTS / f"step_{step:07d}"
@@ -60,7 +62,8 @@ def save_checkpoint(accelerator: Any, output_dir: Path, step: int, config: Train
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
-        (partial / "trainer_state.json").write_text(json.dumps({"step": step, "config": config.to_dict()}, indent=1))
+        (partial / "trainer_state.json").write_text(json.dumps({"step": step, "config": config.to_dict(),
+                                                                  "wall_time_seconds": wall_time_seconds}, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -72,11 +75,16 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: [t.to(device) for t in v] if isinstance(v, list) else v.to(device) for k, v in batch.items()}
 
 
-def train(config: TrainConfig, datasets: tuple | None = None) -> dict[str, Any]:
+def train(config: TrainConfig, datasets: tuple | None = None, command: list[str] | None = None) -> dict[str, Any]:
     """Train, evaluate, save; returns the final metrics. ``datasets`` = ``(train, eval, metadata)``
-    replaces loading by ``config`` (a seam for tests and notebooks)."""
+    replaces loading by ``config`` (a seam for tests and notebooks). ``command``: the command line
+    that launched the run, for the model card (default: the recipe as ``maskformer-hf train`` flags)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+
+    if config.push_to_hub:  # before hours of training, not after
+        check_push(config)
+    wall_started = time.perf_counter()
 
     from .data.collate import MaskFormerCollator
     from .data.transforms import SegmentationTransform
@@ -112,7 +120,9 @@ def train(config: TrainConfig, datasets: tuple | None = None) -> dict[str, Any]:
     resume = latest_checkpoint(output_dir) if config.resume_from == "latest" else config.resume_from
     if resume:
         accelerator.load_state(str(resume))
-        step = json.loads((Path(resume) / "trainer_state.json").read_text())["step"]
+        state = json.loads((Path(resume) / "trainer_state.json").read_text())
+        step = state["step"]
+        wall_started -= state.get("wall_time_seconds", 0.0)  # the card reports the whole run's wall time
         logger.info("resumed from %s at step %d", resume, step)
 
     log_path = output_dir / "log.jsonl"
@@ -159,22 +169,25 @@ def train(config: TrainConfig, datasets: tuple | None = None) -> dict[str, Any]:
             if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
                 _evaluate_and_log(accelerator, model, processor, eval_set, metadata, config, step, log_path)
             if config.save_every and step % config.save_every == 0 and step < config.max_steps:
-                save_checkpoint(accelerator, output_dir, step, config)
+                save_checkpoint(accelerator, output_dir, step, config, time.perf_counter() - wall_started)
             if step >= stop:
                 break
     bar.close()
-    save_checkpoint(accelerator, output_dir, step, config)
+    save_checkpoint(accelerator, output_dir, step, config, time.perf_counter() - wall_started)
     if step < config.max_steps:  # an intermediate invocation (run_steps): resume with resume_from="latest"
         accelerator.end_training()
         return {"step": step}
     metrics = _evaluate_and_log(accelerator, model, processor, eval_set, metadata, config, step, log_path)
     if accelerator.is_main_process:
         (output_dir / "metrics.json").write_text(json.dumps(_summary(metrics), indent=1))
-        save_final_model(accelerator.unwrap_model(model), processor, output_dir / "model", config, metrics)
+        info = training_info(config, wall_time_seconds=time.perf_counter() - wall_started, steps=step,
+                             num_processes=accelerator.num_processes, mixed_precision=accelerator.mixed_precision,
+                             command=command or recipe_command(config))
+        save_final_model(accelerator.unwrap_model(model), processor, output_dir / "model", metrics, info)
         if config.push_to_hub:
-            repo = config.hub_model_id or output_dir.name
-            accelerator.unwrap_model(model).push_to_hub(repo)
-            processor.push_to_hub(repo)
+            from .hub import push_to_hub
+
+            push_to_hub(output_dir / "model", config.hub_model_id)
     accelerator.end_training()
     return metrics
 
@@ -208,13 +221,40 @@ def _evaluate_and_log(accelerator, model, processor, dataset, metadata, config, 
     return metrics
 
 
-def save_final_model(model: Any, processor: Any, folder: Path, config: TrainConfig, metrics: dict[str, Any]) -> None:
-    """``save_pretrained`` of model and processor, plus a model card with the recipe and the metrics."""
-    from .model_card import write_model_card
+def check_push(config: TrainConfig) -> None:
+    """``push_to_hub`` needs an ``owner/name`` repo id and a token: checked when training starts."""
+    from .hub import check_repo_id, check_token
+
+    if not config.hub_model_id:
+        raise ValueError("push_to_hub: set hub_model_id to the repository, as owner/name")
+    check_repo_id(config.hub_model_id)
+    check_token()
+
+
+def recipe_command(config: TrainConfig) -> list[str]:
+    """``maskformer-hf train`` with a flag for every recipe field that differs from its default."""
+    defaults = TrainConfig()
+    command = ["maskformer-hf", "train"]
+    for name, value in config.to_dict().items():
+        if value != getattr(defaults, name):
+            if isinstance(value, list):
+                command += [f"--{name}", *map(str, value)]
+            else:
+                command += [f"--{name}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return command
+
+
+def save_final_model(model: Any, processor: Any, folder: Path, metrics: dict[str, Any],
+                     info: dict[str, Any]) -> None:
+    """``save_pretrained`` of model and processor, ``metrics.json`` and ``training_info.json`` beside
+    them, and the model card made from those (``maskformer-hf card`` remakes it from the same files)."""
+    from .model_card import METRICS_FILE, TRAINING_INFO_FILE, write_model_card
 
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    write_model_card(folder, config, _summary(metrics))
+    (folder / METRICS_FILE).write_text(json.dumps(_summary(metrics), indent=1))
+    (folder / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=1))
+    write_model_card(folder, repo_id=info["recipe"].get("hub_model_id"))
 
 
-__all__ = ["latest_checkpoint", "save_checkpoint", "save_final_model", "train"]
+__all__ = ["check_push", "latest_checkpoint", "recipe_command", "save_checkpoint", "save_final_model", "train"]

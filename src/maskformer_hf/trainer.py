@@ -80,9 +80,22 @@ class SegmentationMetrics:
         return results
 
 
-def train_with_trainer(config: TrainConfig, datasets: tuple | None = None) -> dict[str, Any]:
-    """Train and evaluate with ``transformers.Trainer``; returns the final evaluation metrics."""
+def train_with_trainer(config: TrainConfig, datasets: tuple | None = None,
+                       command: list[str] | None = None) -> dict[str, Any]:
+    """Train and evaluate with ``transformers.Trainer``; returns the final evaluation metrics. The
+    final folder (``output_dir/model``) is the accelerate loop's: weights, processor, metrics, card;
+    ``push_to_hub`` publishes it in one commit (not Trainer's own pushes)."""
+    import time
+    from pathlib import Path
+
     from transformers import Trainer, TrainingArguments
+
+    from .model_card import training_info
+    from .train_loop import _summary, check_push, recipe_command, save_final_model
+
+    if config.push_to_hub:
+        check_push(config)
+    started = time.perf_counter()
 
     from .data.collate import MaskFormerCollator
     from .data.transforms import SegmentationTransform
@@ -116,8 +129,6 @@ def train_with_trainer(config: TrainConfig, datasets: tuple | None = None) -> di
         save_steps=config.save_every or None,
         logging_steps=config.logging_every,
         report_to=config.log_with or "none",
-        push_to_hub=config.push_to_hub,
-        hub_model_id=config.hub_model_id,
     )
     optimizer, scheduler = create_optimizer_and_scheduler(model, config)
     trainer = Trainer(
@@ -129,8 +140,17 @@ def train_with_trainer(config: TrainConfig, datasets: tuple | None = None) -> di
     )
     trainer.train(resume_from_checkpoint=config.resume_from)
     metrics = trainer.evaluate()
-    trainer.save_model(f"{config.output_dir}/model")
-    processor.save_pretrained(f"{config.output_dir}/model")
+    if trainer.is_world_process_zero():
+        folder = Path(config.output_dir) / "model"
+        info = training_info(config, wall_time_seconds=time.perf_counter() - started, steps=trainer.state.global_step,
+                             num_processes=args.world_size, mixed_precision="bf16" if bf16 else ("fp16" if args.fp16 else "no"),
+                             command=command or recipe_command(config))
+        summary = {k.removeprefix("eval_"): v for k, v in _summary(metrics).items()}
+        save_final_model(trainer.model, processor, folder, summary, info)
+        if config.push_to_hub:
+            from .hub import push_to_hub
+
+            push_to_hub(folder, config.hub_model_id)
     return metrics
 
 

@@ -162,16 +162,16 @@ class MaskFormerTransformerModule(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(hidden_size)
 
-    def forward(self, image_features: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Decode the queries.
+    def encode(self, image_features: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Project the stride-32 map and run the encoder layers (none by default).
 
         Args:
             image_features: `(batch_size, in_channels, h, w)`, the stride-32 backbone map.
             mask: `(batch_size, h, w)` bool, True on valid positions, or None (all valid).
 
         Returns:
-            `(num_decoder_layers, batch_size, num_queries, hidden_size)`: every layer's output after
-            the shared final LayerNorm; the last entry is the model's output.
+            ``(memory, memory_pos, key_mask)``: `(B, h*w, D)` tokens, their `(B, h*w, D)` sine
+            positions, and the `(B, h*w)` valid-token mask (None: all valid).
         """
         batch_size, _, height, width = image_features.shape
         memory = self.input_projection(image_features).flatten(2).transpose(1, 2)  # (B, h*w, D)
@@ -180,12 +180,24 @@ class MaskFormerTransformerModule(nn.Module):
         key_mask = None if mask is None else mask.flatten(1)  # (B, h*w)
         for layer in self.encoder_layers:
             memory = layer(memory, memory_pos, key_mask)
+        return memory, memory_pos, key_mask
 
-        query_pos = self.query_embeddings.weight.unsqueeze(0).repeat(batch_size, 1, 1)  # (B, Q, D), a copy: views
-        # of a parameter made under no_grad confuse autograd-based tools (FlopCounterMode)
+    def decode(self, memory: Tensor, memory_pos: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """Decode the queries against the encoded tokens (see :meth:`encode`).
+
+        Returns:
+            `(num_decoder_layers, batch_size, num_queries, hidden_size)`: every layer's output after
+            the shared final LayerNorm; the last entry is the model's output.
+        """
+        query_pos = self.query_embeddings.weight.unsqueeze(0).repeat(memory.shape[0], 1, 1)  # (B, Q, D), a copy:
+        # views of a parameter made under no_grad confuse autograd-based tools (FlopCounterMode)
         x = torch.zeros_like(query_pos)
         outputs = []
         for layer in self.decoder_layers:
             x = layer(x, query_pos, memory, memory_pos, key_mask)
             outputs.append(self.decoder_norm(x))
         return torch.stack(outputs)
+
+    def forward(self, image_features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """:meth:`encode` then :meth:`decode`: `(num_decoder_layers, batch_size, num_queries, hidden_size)`."""
+        return self.decode(*self.encode(image_features, mask))
