@@ -5,7 +5,8 @@ after ``make demo`` (``demo_output/`` from a tiny run of the demo recipe), links
 ``scripts/``, ``benchmarks/``, ``assets/`` and ``app.py``, small data sets in the official layouts
 (``data/ADEChallengeData2016``, ``data/coco``, ``my_data`` as a panoptic folder), ``photos/`` and tiny
 stand-ins for the Hub checkpoints the page names (``facebook/maskformer-*``: local folders of that
-name, which ``from_pretrained`` takes before the Hub; the network is off).
+name, which ``from_pretrained`` takes before the Hub; the network is off) and for the original
+release's files it names (``model_final_*.pkl``: tiny checkpoints in detectron2's layout).
 
 * ``python`` blocks run in one namespace per page, as written. The Hub is faked at ``HfApi``'s HTTP
   calls (``tests/fake_hub.py``), in the test's process and for ``maskformer-hf push`` / ``train
@@ -162,7 +163,20 @@ def make_workspace(path: Path, shared: Path, page: str, hub_stand_ins) -> Path:
     for hub_id in hub_ids(page):
         (path / hub_id).parent.mkdir(parents=True, exist_ok=True)
         (path / hub_id).symlink_to(hub_stand_ins(hub_id))
+    for name in set(re.findall(r"model_final_\w+\.pkl", (ROOT / page).read_text())):
+        write_detectron2_stand_in(path / name)
     return path
+
+
+def write_detectron2_stand_in(path: Path) -> None:
+    """An original-release checkpoint in detectron2's layout (ResNet-18, ADE20K's 150 classes, a tiny head)."""
+    from test_conversion_detectron2 import reference_and_checkpoint
+
+    from maskformer_hf import MaskFormerConfig
+
+    config = MaskFormerConfig(backbone="resnet18", num_labels=150, num_queries=8, hidden_size=64, decoder_layers=2,
+                              decoder_ffn_dim=64, decoder_attention_heads=8, fpn_feature_size=32, mask_feature_size=32)
+    reference_and_checkpoint(config)[1].save(path)
 
 
 # ---------------------------------------------------------------------------------------------

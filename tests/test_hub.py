@@ -204,3 +204,9 @@ def test_a_card_written_by_hand_is_kept_whole(model_dir):
     assert card.data.license == "mit" and "Hand-written." in card.text and BEGIN in card.text
     assert card.data.eval_results  # the metrics are added
     assert merge_cards(card, card).text == card.text  # idempotent
+
+
+def test_push_as_a_pull_request(hub, model_dir):
+    assert cli_main(["push", str(model_dir), "--repo-id", "me/tiny", "--create-pr", "--commit-message", "Proposal"]) == 0
+    (commit,) = hub.commits
+    assert commit["create_pr"] is True and commit["message"] == "Proposal"

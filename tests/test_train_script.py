@@ -112,6 +112,15 @@ def test_trainer_route_and_evaluate_command(tmp_path):
               config.data_dir, "--output", str(report)])
     result = json.loads(report.read_text())
     assert result["images"] == 4 and 0 <= result["mean_iou"] <= 1 and 0 <= result["pq"] <= 1
+    # The Trainer route saves the same final folder as the accelerate loop: metrics, record, card.
+    from huggingface_hub import ModelCard
+
+    folder = Path(config.output_dir) / "model"
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert saved["mean_iou"] == pytest.approx(metrics["eval_mean_iou"])
+    assert json.loads((folder / "training_info.json").read_text())["steps"] == 2
+    results = {r.metric_type: r.metric_value for r in ModelCard.load(folder / "README.md").data.eval_results}
+    assert results["mean_iou"] == pytest.approx(metrics["eval_mean_iou"]) and "pq" in results
 
 def test_fine_tuning_a_checkpoint_on_other_classes(tmp_path):
     """The commonest flow: a trained 6-class checkpoint fine-tuned on a data set with 12 other classes,

@@ -78,6 +78,10 @@ def _remote_card(api: HfApi, repo_id: str, revision: str | None) -> ModelCard | 
     try:
         return ModelCard.load(api.hf_hub_download(repo_id, "README.md", revision=revision))
     except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+        return None  # a new repository, or one without a card yet
+    except Exception as error:  # the Hub unreachable for reading: say so, and publish the local card
+        logger.warning("could not read the card of %s on the Hub (%s: %s); edits made there, if any, are not "
+                       "merged into the card pushed now", repo_id, type(error).__name__, error)
         return None
 
 
