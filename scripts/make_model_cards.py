@@ -74,7 +74,7 @@ def ade20k_card(preset: str) -> tuple[str, CardContent]:
     name, crop, ss, ms, params, gflops, fps, hf_id = ADE20K[preset]
     recipe, flags, values = recipe_for("ade20k", preset)
     folder = hf_id.split("/")[1]
-    table = f"Table 1 (ADE20K-150 val, crop {crop}; mIoU in %, mean ± spread over runs)"
+    table = f"Table 1 (ADE20K-150 val, crop {crop}; mIoU in %, mean ± standard deviation)"
     results = [ResultRow(task="semantic", metric="mean_iou", value=float(v.split()[0]), dataset="ADE20K-150",
                          dataset_id="zhoubolei/scene_parse_150", split="validation", tta=tta,
                          source=f"{PAPER_SOURCE}, Table 1", source_url=PAPER) for v, tta in ((ss, False), (ms, True))]
@@ -90,7 +90,7 @@ def ade20k_card(preset: str) -> tuple[str, CardContent]:
         weights=_weights_text(hf_id, folder),
         command=" ".join(["maskformer-hf train --config", recipe, *flags, "--data_dir /data/ADEChallengeData2016"]),
         recipe=values, hardware="the paper's runs: 8 V100 GPUs, detectron2",
-        training_note=f"Crop {crop}, global batch 16, 160k iterations, ImageNet-pretrained backbone.",
+        training_note=f"Crop {crop}, global batch 16, 160k iterations, {_pretraining(preset)}.",
         license="cc-by-nc-4.0", base_model=_backbone_checkpoint(preset),
         datasets=["zhoubolei/scene_parse_150"], limitations=LIMITATIONS_PRESET.format(dataset="ADE20K-150"))
     return f"maskformer-{preset}-ade20k.md", content
@@ -115,7 +115,7 @@ def coco_card(preset: str) -> tuple[str, CardContent]:
         weights=_weights_text(hf_id, folder),
         command=" ".join(["maskformer-hf train --config", recipe, *flags, "--data_dir /data/coco"]),
         recipe=values, hardware="the paper's runs: V100 GPUs, detectron2",
-        training_note="Global batch 64, 554k iterations, DETR's augmentation, ImageNet-pretrained backbone.",
+        training_note=f"Global batch 64, 554k iterations, DETR's augmentation, {_pretraining(preset)}.",
         license="cc-by-nc-4.0", base_model=_backbone_checkpoint(preset), datasets=["detection-datasets/coco"],
         limitations=LIMITATIONS_PRESET.format(dataset="COCO panoptic"))
     return f"maskformer-{preset}-coco-panoptic.md", content
@@ -144,8 +144,21 @@ def demo_card() -> tuple[str, CardContent]:
 
 
 def _backbone_checkpoint(preset: str) -> str | None:
-    """The ImageNet checkpoint the preset's recipe starts from (what a re-training would use)."""
-    return base_model_of({"model": preset, "pretrained_backbone": True}, PRESETS[preset])
+    """The ImageNet weights the paper's model started from: Swin's (the checkpoints the presets name),
+    torchvision's ResNets (on the Hub as timm's ``tv_in1k`` copies)."""
+    backbone = PRESETS[preset]["backbone"]
+    return backbone if "/" in backbone else f"timm/{backbone}.tv_in1k"
+
+
+def _pretraining(preset: str) -> str:
+    backbone = PRESETS[preset]["backbone"]
+    if "in22k" in backbone:
+        return f"ImageNet-22K-pretrained backbone (`{backbone}`)"
+    if "/" in backbone:
+        return f"ImageNet-1K-pretrained backbone (`{backbone}`)"
+    ours = base_model_of({"model": preset, "pretrained_backbone": True}, PRESETS[preset])
+    return (f"torchvision's ImageNet-1K {backbone} as the paper's initialisation; the recipe's "
+            f"`pretrained_backbone` downloads timm's default weights (`{ours}`) instead")
 
 
 def _demo_parameters(values: dict) -> str:

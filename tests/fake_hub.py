@@ -1,5 +1,6 @@
-"""A Hub faked at ``HfApi``'s HTTP calls (repository and branch creation, file download,
-``create_commit``), kept on disk so that several processes see the same repositories.
+"""A Hub faked at ``HfApi``'s HTTP calls (repository and branch creation, file listing and download,
+``create_commit`` with additions, deletions and pull requests), kept on disk so that several
+processes see the same repositories.
 
 In-process: ``FakeHub(root).install(monkeypatch)``. For a command in a subprocess (the docs'
 ``maskformer-hf push ...``): ``python tests/fake_hub.py ROOT maskformer-hf-arguments...`` runs the CLI
@@ -12,8 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.errors import EntryNotFoundError
+try:  # the HTTP client huggingface_hub is built on
+    import httpx2 as httpx
+except ImportError:
+    import httpx
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 
 class FakeHub:
@@ -55,32 +60,52 @@ class FakeHub:
                 for path in hub.folder(repo_id).glob("*"):
                     (target / path.name).write_bytes(path.read_bytes())
 
+        def list_repo_files(api, repo_id, *, revision=None, **kwargs):
+            folder = hub.folder(repo_id, revision or "main")
+            if not folder.is_dir():
+                url = f"https://huggingface.co/api/models/{repo_id}/tree/{revision or 'main'}"
+                raise RepositoryNotFoundError(f"{repo_id}@{revision} not found",
+                                              response=httpx.Response(404, request=httpx.Request("GET", url)))
+            return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
         def hf_hub_download(api, repo_id, filename, *, revision=None, **kwargs):
             path = hub.folder(repo_id, revision or "main") / filename
             if not path.is_file():
                 raise EntryNotFoundError(f"{filename} not in {repo_id}")
             return str(path)
 
-        def create_commit(api, repo_id, operations, *, commit_message, revision=None, **kwargs):
-            target = hub.folder(repo_id, revision or "main")
+        def create_commit(api, repo_id, operations, *, commit_message, revision=None, create_pr=None, **kwargs):
+            # A pull request: a copy of the branch under refs/pr/N, the branch itself unchanged.
+            revision = revision or "main"
+            if create_pr:
+                source, revision = hub.folder(repo_id, revision), f"refs/pr/{len(hub.commits) + 1}"
+                hub.folder(repo_id, revision).mkdir(parents=True)
+                for path in source.glob("*"):
+                    (hub.folder(repo_id, revision) / path.name).write_bytes(path.read_bytes())
+            target = hub.folder(repo_id, revision)
             target.mkdir(parents=True, exist_ok=True)
-            names = []
+            names, deleted = [], []
             for op in operations:
+                if isinstance(op, CommitOperationDelete):
+                    (target / op.path_in_repo).unlink()
+                    deleted.append(op.path_in_repo)
+                    continue
                 assert isinstance(op, CommitOperationAdd), op
                 source = op.path_or_fileobj
                 data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
                 (target / op.path_in_repo).parent.mkdir(parents=True, exist_ok=True)
                 (target / op.path_in_repo).write_bytes(data)
                 names.append(op.path_in_repo)
-            record = {"repo_id": repo_id, "revision": revision or "main", "message": commit_message, "files": names,
-                      "create_pr": bool(kwargs.get("create_pr"))}
+            record = {"repo_id": repo_id, "revision": revision, "message": commit_message, "files": names,
+                      "deleted": deleted, "create_pr": bool(create_pr)}
             with (hub.root / "commits.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
             number = len(hub.commits)
             return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/{number}"})()
 
         for name, function in [("create_repo", create_repo), ("create_branch", create_branch),
-                               ("hf_hub_download", hf_hub_download), ("create_commit", create_commit)]:
+                               ("list_repo_files", list_repo_files), ("hf_hub_download", hf_hub_download),
+                               ("create_commit", create_commit)]:
             if monkeypatch is None:
                 setattr(HfApi, name, function)
             else:

@@ -189,7 +189,9 @@ def test_card_command_rewrites_metrics_and_keeps_user_text(model_dir, trained_ru
     (result,) = rewritten.data.eval_results
     assert (result.metric_type, result.metric_value, result.dataset_split) == ("mean_iou", 0.375, "test")
     assert result.metric_args == {"test_time_augmentation": "multi-scale + flip"} and "multi-scale" in result.metric_name
-    assert cli_main(["card", str(model_dir)]) == 0  # default: ../metrics.json
+    assert json.loads((model_dir / "metrics.json").read_text()) == report  # --metrics: now the folder's own
+    (model_dir / "metrics.json").unlink()
+    assert cli_main(["card", str(model_dir)]) == 0  # without metrics.json in the folder: the run's ../metrics.json
     expected = json.loads((trained_run / "metrics.json").read_text())
     assert card_metrics(ModelCard.load(path))["pq"] == pytest.approx(expected["pq"])
     assert cli_main(["card", str(model_dir.parent / "nowhere")]) == 2
@@ -209,4 +211,92 @@ def test_a_card_written_by_hand_is_kept_whole(model_dir):
 def test_push_as_a_pull_request(hub, model_dir):
     assert cli_main(["push", str(model_dir), "--repo-id", "me/tiny", "--create-pr", "--commit-message", "Proposal"]) == 0
     (commit,) = hub.commits
-    assert commit["create_pr"] is True and commit["message"] == "Proposal"
+    assert commit["create_pr"] is True and commit["message"] == "Proposal" and commit["revision"] == "refs/pr/1"
+    assert not (hub.folder("me/tiny") / "README.md").exists()  # main is untouched until the PR is merged
+
+
+def test_edit_push_edit_push_keeps_every_edit(hub, model_dir):
+    """Edits made in turn, locally and on the Hub, each pushed: none is lost, and none is a conflict."""
+    def edit_local(line):
+        card = ModelCard.load(model_dir / "README.md")
+        card.text += f"\n{line}\n"
+        card.save(model_dir / "README.md")
+
+    edit_local("first local note")
+    push_to_hub(model_dir, "me/tiny")
+    edit_local("second local note")
+    push_to_hub(model_dir, "me/tiny")
+    remote = ModelCard(hub.file("me/tiny", "README.md").decode())
+    remote.text += "\nnote made on the Hub\n"
+    hub.put("me/tiny", "README.md", str(remote).encode())
+    push_to_hub(model_dir, "me/tiny")
+    edit_local("third local note")
+    push_to_hub(model_dir, "me/tiny")
+    text = hub.file("me/tiny", "README.md").decode()
+    for line in ("first local note", "second local note", "note made on the Hub", "third local note"):
+        assert text.count(line) == 1, line
+    assert len(hub.commits) == 4
+
+
+def test_a_push_replaces_weight_files_the_folder_no_longer_has(hub, model_dir):
+    model = MaskFormerForUniversalSegmentation.from_pretrained(model_dir)
+    push_to_hub(model_dir, "me/tiny")
+    (model_dir / "model.safetensors").unlink()
+    model.save_pretrained(model_dir, max_shard_size="200KB")  # now sharded
+    shards = sorted(p.name for p in model_dir.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (model_dir / "model.safetensors.index.json").is_file()
+    push_to_hub(model_dir, "me/tiny")
+    assert hub.commits[1]["deleted"] == ["model.safetensors"]
+    served = hub.folder("me/tiny")
+    assert not (served / "model.safetensors").exists() and sorted(p.name for p in served.glob("model-*")) == shards
+    pixel_values = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model.eval()(pixel_values=pixel_values).masks_queries_logits
+        actual = MaskFormerForUniversalSegmentation.from_pretrained(served).eval()(pixel_values=pixel_values)
+    assert torch.equal(actual.masks_queries_logits, expected)
+    for path in model_dir.glob("model*.safetensors*"):  # and back to one file: the shards and index go
+        path.unlink()
+    model.save_pretrained(model_dir)
+    push_to_hub(model_dir, "me/tiny")
+    assert sorted(hub.commits[2]["deleted"]) == sorted(shards + ["model.safetensors.index.json"])
+
+
+def test_explicit_license_and_user_metadata(hub, model_dir):
+    push_to_hub(model_dir, "me/tiny")
+    remote = ModelCard(hub.file("me/tiny", "README.md").decode())
+    remote.data.datasets = ["me/warehouse-images"]  # the generator knows no Hub dataset for synthetic data
+    hub.put("me/tiny", "README.md", str(remote).encode())
+    assert cli_main(["push", str(model_dir), "--repo-id", "me/tiny", "--license", "mit"]) == 0
+    card = ModelCard(hub.file("me/tiny", "README.md").decode())
+    assert card.data.license == "mit" and card.data.datasets == ["me/warehouse-images"]
+
+
+def test_card_metrics_are_the_ones_a_later_push_publishes(hub, model_dir, tmp_path):
+    report = tmp_path / "evaluation.json"
+    report.write_text(json.dumps({"dataset": "synthetic", "split": "test", "tta": False, "mean_iou": 0.8125}))
+    assert cli_main(["card", str(model_dir), "--metrics", str(report)]) == 0
+    assert json.loads((model_dir / "metrics.json").read_text())["mean_iou"] == 0.8125
+    push_to_hub(model_dir, "me/tiny")
+    assert card_metrics(ModelCard(hub.file("me/tiny", "README.md").decode())) == {"mean_iou": 0.8125}
+
+
+@pytest.mark.parametrize("repo_id", ["me/a--b", "mé/modèle", "me/x\n", "a/b/c", "me/", "/x", "me/-x", "", None])
+def test_repo_ids_the_hub_rejects_are_rejected_before_anything_is_sent(hub, model_dir, repo_id):
+    with pytest.raises(ValueError, match="expected 'owner/name'"):
+        push_to_hub(model_dir, repo_id)
+    assert hub.commits == []
+
+
+def test_a_refused_push_is_a_message_not_a_traceback(hub, model_dir, monkeypatch, capsys):
+    import httpx2
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def refuse(api, repo_id, operations, **kwargs):
+        url = f"https://huggingface.co/api/models/{repo_id}/commit/main"
+        raise HfHubHTTPError("401 Unauthorized: invalid token",
+                             response=httpx2.Response(401, request=httpx2.Request("POST", url)))
+
+    monkeypatch.setattr(HfApi, "create_commit", refuse)
+    assert cli_main(["push", str(model_dir), "--repo-id", "me/tiny"]) == 1
+    assert "the Hub refused or failed the push to me/tiny" in capsys.readouterr().err

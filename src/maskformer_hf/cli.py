@@ -230,7 +230,9 @@ def push_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    """``maskformer-hf push``: 0 when pushed, 2 for a bad repo id, token or folder."""
+    """``maskformer-hf push``: 0 when pushed, 2 for a bad repo id, token or folder, 1 when the Hub refuses."""
+    from huggingface_hub.errors import HfHubHTTPError
+
     from .hub import push_to_hub
 
     try:
@@ -240,6 +242,9 @@ def run_push(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"push: {error}", file=sys.stderr)
         return 2
+    except HfHubHTTPError as error:  # 401/403 (token, rights), 5xx ...: the Hub's own words
+        print(f"push: the Hub refused or failed the push to {args.repo_id}: {error}", file=sys.stderr)
+        return 1
     print(f"pushed {args.model_dir} to {args.repo_id} in one commit: {getattr(info, 'commit_url', info)}")
     return 0
 
@@ -247,7 +252,8 @@ def run_push(args: argparse.Namespace) -> int:
 def card_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="a checkpoint folder (e.g. <output_dir>/model)")
     parser.add_argument("--metrics", help="a metrics JSON (default: MODEL_DIR/metrics.json, else ../metrics.json); "
-                                          "a `maskformer-hf evaluate` report works too")
+                                          "a `maskformer-hf evaluate` report works too; copied to "
+                                          "MODEL_DIR/metrics.json, which later pushes publish")
     parser.add_argument("--repo-id", "--repo_id", dest="repo_id", help="the Hub id shown in the card's snippets")
     parser.add_argument("--license", help="the card's licence (default: apache-2.0)")
     return parser
@@ -263,6 +269,9 @@ def run_card(args: argparse.Namespace) -> int:
         metrics_path = Path(args.metrics) if args.metrics else next(
             (p for p in (folder / METRICS_FILE, folder.parent / METRICS_FILE) if p.is_file()), None)
         metrics = json.loads(metrics_path.read_text()) if metrics_path else None
+        if metrics is not None and metrics_path != folder / METRICS_FILE:
+            # The folder's metrics.json is what every later card (and push) is made of: keep them in step.
+            (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         path = write_model_card(folder, repo_id=args.repo_id, metrics=metrics, license=args.license)
     except (ValueError, OSError) as error:
         print(f"card: {error}", file=sys.stderr)

@@ -137,7 +137,6 @@ _DETERMINISTIC = ("relative_position_index", "num_batches_tracked")
 # (bottleneck blocks?, blocks per stage) -> timm ResNet.
 _RESNETS = {(True, (3, 4, 6, 3)): "resnet50", (True, (3, 4, 23, 3)): "resnet101", (True, (3, 8, 36, 3)): "resnet152",
             (False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34"}
-_DEEP_STEM_KWARGS = {"stem_type": "deep", "stem_width": 64}
 
 
 def check_supported_layout(keys: Sequence[str]) -> None:
@@ -215,9 +214,12 @@ def _resnet_backbone(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str | None,
         raise ValueError(f"convert_from_detectron2: a ResNet with {blocks} {kind} blocks per stage has no timm "
                          f"counterpart; expected one of {sorted(_RESNETS.values())}")
     if "backbone.stem.conv2.weight" in shapes:  # deep stem
-        if name == "resnet101":
-            return "resnet101c", {}
-        return None, {"backbone": name, "backbone_kwargs": dict(_DEEP_STEM_KWARGS)}
+        # The release's "R101c" is detectron2's DeepLab ResNet, whose res5 also uses multi-grid
+        # dilations (RES5_MULTI_GRID, [1, 2, 4] in MaskFormer's configs); the weights look the same
+        # as without it, and our resnet101c (timm's deep stem) has no dilation: a silently different network.
+        raise ValueError("convert_from_detectron2: this checkpoint has a DeepLab (3x3 deep) stem, the release's "
+                         "'R101c' backbone, whose res5 blocks use multi-grid dilations that maskformer_hf's "
+                         "resnet101c preset does not have; such checkpoints are not supported yet")
     return (name, {}) if name in PRESETS else (None, {"backbone": name})
 
 

@@ -6,9 +6,11 @@
    ``owner/name``, and a token must be at hand (argument, ``HF_TOKEN`` or ``hf auth login``);
 2. the model card is refreshed: the generated block and metadata (``model-index`` from
    ``metrics.json``, ...) are rewritten, the text the user wrote outside the block is kept, whether
-   it was written in the local README.md or on the Hub (edited differently in both: an error);
+   it was written in the local README.md or on the Hub since the last write (each card records a
+   fingerprint of its user part; edited differently in both: an error);
 3. weights, ``config.json``, ``preprocessor_config.json``, the card and the code files saved with
-   the model go up in a single ``create_commit``.
+   the model go up in a single ``create_commit``, which also deletes weight files of the repository
+   that the folder no longer has (sharded weights replaced by one file, or the other way round).
 """
 
 from __future__ import annotations
@@ -19,22 +21,32 @@ import re
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
 
 from .model_card import checkpoint_card, choose_base, merge_cards
 
 logger = logging.getLogger(__name__)
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+OWNER_NAME = re.compile(r"[^/\s]+/[^/\s]+")
 MODEL_TYPE = "maskformer_hf"
 # Never published: training state and scratch files that may sit in a model folder.
 IGNORE = ["checkpoints/*", "*.partial", ".cache/*", ".git/*", "__pycache__/*", "*.pyc"]
+# Weight files: on the Hub, those the folder no longer has are deleted in the same commit (a push of
+# unsharded weights over sharded ones must not leave the old index behind for from_pretrained to read).
+WEIGHTS = re.compile(r"^(model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|pytorch_model.*\.bin(\.index\.json)?)$")
 
 
 def check_repo_id(repo_id: Any) -> str:
-    """``repo_id`` if it is ``owner/name`` (letters, digits, ``-_.``), else a ValueError."""
-    if not isinstance(repo_id, str) or not REPO_ID.match(repo_id) or ".." in repo_id or repo_id.endswith(".git"):
-        raise ValueError(f"repo id: expected 'owner/name' (e.g. 'my-org/maskformer-ade20k'), got {repo_id!r}")
+    """``repo_id`` if it is ``owner/name`` as the Hub accepts it, else a ValueError."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    expected = "expected 'owner/name' (e.g. 'my-org/maskformer-ade20k')"
+    if not isinstance(repo_id, str) or not OWNER_NAME.fullmatch(repo_id):
+        raise ValueError(f"repo id: {expected}, got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"repo id: {expected}, got {repo_id!r} ({error})") from None
     return repo_id
 
 
@@ -72,36 +84,49 @@ def check_checkpoint(folder: str | Path) -> Path:
     return folder
 
 
-def _remote_card(api: HfApi, repo_id: str, revision: str | None) -> ModelCard | None:
+def _remote_state(api: HfApi, repo_id: str, revision: str | None) -> tuple[ModelCard | None, list[str]]:
+    """The repository's card and file names as they are now (None, []: a new repository or branch)."""
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
+    missing = (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
     try:
-        return ModelCard.load(api.hf_hub_download(repo_id, "README.md", revision=revision))
-    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
-        return None  # a new repository, or one without a card yet
-    except Exception as error:  # the Hub unreachable for reading: say so, and publish the local card
-        logger.warning("could not read the card of %s on the Hub (%s: %s); edits made there, if any, are not "
-                       "merged into the card pushed now", repo_id, type(error).__name__, error)
-        return None
+        files = list(api.list_repo_files(repo_id, revision=revision))
+    except missing:
+        return None, []
+    except Exception as error:  # the Hub unreadable: say what is not done, publish the local card
+        logger.warning("could not list the files of %s on the Hub (%s: %s): card edits made there are not merged "
+                       "and stale weight files are not removed", repo_id, type(error).__name__, error)
+        return None, []
+    if "README.md" not in files:
+        return None, files
+    try:
+        return ModelCard.load(api.hf_hub_download(repo_id, "README.md", revision=revision)), files
+    except missing:
+        return None, files
 
 
-def refresh_card(folder: Path, repo_id: str, remote: ModelCard | None, **card_kwargs: Any) -> ModelCard:
+def refresh_card(folder: Path, repo_id: str, remote: ModelCard | None, license: str | None = None) -> ModelCard:
     """Rewrite ``folder/README.md`` as it will be published; returns it."""
     path = folder / "README.md"
     local = ModelCard.load(path) if path.is_file() else None
-    generated = checkpoint_card(folder, repo_id=repo_id, **card_kwargs)
-    card = merge_cards(generated, choose_base(local, remote, generated))
+    generated = checkpoint_card(folder, repo_id=repo_id, license=license)
+    base = choose_base(local, remote)
+    other = remote if base is local else local
+    card = merge_cards(generated, base, replace=("license",) if license else (), other=other)
     card.save(path)
     return card
 
 
-def folder_operations(folder: Path) -> list[CommitOperationAdd]:
-    """One addition per file of ``folder`` (sub-folders too), minus :data:`IGNORE`."""
+def folder_operations(folder: Path, remote_files: list[str] = ()) -> list[CommitOperationAdd | CommitOperationDelete]:
+    """One addition per file of ``folder`` (sub-folders too), minus :data:`IGNORE`; one deletion per
+    weight file of the repository that the folder does not have."""
     from huggingface_hub.utils import filter_repo_objects
 
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
-            for name in filter_repo_objects(names, ignore_patterns=IGNORE)]
+    names = list(filter_repo_objects(names, ignore_patterns=IGNORE))
+    stale = sorted(name for name in remote_files if WEIGHTS.match(name) and name not in names)
+    return [*(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in names),
+            *(CommitOperationDelete(path_in_repo=name) for name in stale)]
 
 
 def push_to_hub(folder: str | Path, repo_id: str, *, private: bool | None = None, revision: str | None = None,
@@ -114,12 +139,13 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool | None = None
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    refresh_card(folder, repo_id, _remote_card(api, repo_id, revision), license=license)
+    remote_card, remote_files = _remote_state(api, repo_id, revision)
+    refresh_card(folder, repo_id, remote_card, license=license)
     # create_commit, not upload_folder: with hf_xet installed, upload_folder may split a folder into
     # several commits, and a half-published checkpoint (weights without their card) must never exist.
     info = api.create_commit(
-        repo_id, folder_operations(folder), revision=revision, create_pr=create_pr,
-        commit_message=commit_message or f"Upload MaskFormer checkpoint ({folder.name}) with maskformer_hf")
+        repo_id, folder_operations(folder, remote_files), revision=revision, create_pr=create_pr,
+        commit_message=commit_message or f"Upload MaskFormer checkpoint ({folder.resolve().name}) with maskformer_hf")
     logger.info("pushed %s to %s in one commit: %s", folder, repo_id, getattr(info, "commit_url", info))
     return info
 

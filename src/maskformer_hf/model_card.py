@@ -14,6 +14,7 @@ everything else the user wrote: the text outside the block and any metadata key 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -26,6 +27,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
 BEGIN = "<!-- maskformer_hf:generated:begin"
 END = "<!-- maskformer_hf:generated:end -->"
+USER_PART = re.compile(r"<!-- maskformer_hf:user-part ?([0-9a-f]*) -->")  # fingerprint of what the user owns
 PAPER = "https://arxiv.org/abs/2107.06278"
 METRICS_FILE = "metrics.json"
 TRAINING_INFO_FILE = "training_info.json"
@@ -133,7 +135,7 @@ def render_card(content: CardContent) -> ModelCard:
     recipe = yaml.safe_dump(content.recipe, sort_keys=False).strip() if content.recipe else ""
     fields = {f.name: getattr(content, f.name) for f in dataclasses.fields(content)}
     fields.update(results=rows, recipe=recipe)
-    return ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **fields)
+    return _with_fingerprint(ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **fields))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,20 +157,43 @@ def user_part(card: ModelCard) -> tuple[dict[str, Any], str]:
     return metadata, outside.strip()
 
 
-def merge_cards(generated: ModelCard, base: ModelCard | None) -> ModelCard:
+def _fingerprint(card: ModelCard) -> str:
+    metadata, text = user_part(card)
+    return hashlib.sha256(json.dumps([metadata, text], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _with_fingerprint(card: ModelCard) -> ModelCard:
+    """The card with the fingerprint of its user part recorded inside its generated block, so that a
+    later rewrite can tell whether someone edited the card since (:func:`is_edited`)."""
+    text = USER_PART.sub(f"<!-- maskformer_hf:user-part {_fingerprint(card)} -->", str(card), count=1)
+    return ModelCard(text)
+
+
+def is_edited(card: ModelCard) -> bool:
+    """Whether the user part changed since maskformer_hf last wrote the card (no block: a hand-written card)."""
+    parts = _split_body(card.text)
+    recorded = USER_PART.search(parts[1]) if parts else None
+    return recorded is None or recorded.group(1) != _fingerprint(card)
+
+
+def merge_cards(generated: ModelCard, base: ModelCard | None, replace: tuple[str, ...] = (),
+                other: ModelCard | None = None) -> ModelCard:
     """``base`` with the generated block and metadata keys of ``generated`` (tags: the union).
 
-    A ``base`` without a generated block (a card written by hand) keeps all its text, below the block.
+    Only keys that ``generated`` has are replaced (a ``datasets`` the user added stays when the
+    generator knows none), plus the keys in ``replace`` (e.g. ``license`` when given explicitly);
+    metadata keys that only ``other`` (the other copy of the card) has are kept too. A ``base``
+    without a generated block (a card written by hand) keeps all its text, below the block.
     """
     if base is None:
-        return ModelCard(str(generated))
+        return _with_fingerprint(ModelCard(str(generated)))
     metadata = base.data.to_dict()
+    for key, value in (other.data.to_dict() if other is not None else {}).items():
+        metadata.setdefault(key, value)
     new = generated.data.to_dict()
-    for key in GENERATED_KEYS:
+    for key in (*GENERATED_KEYS, *replace):
         if key in new:
             metadata[key] = new[key]
-        else:
-            metadata.pop(key, None)
     metadata["tags"] = list(dict.fromkeys(list(metadata.get("tags") or []) + list(new.get("tags") or [])))
     metadata.setdefault("license", new.get("license"))
     block = _split_body(generated.text)[1]
@@ -177,14 +202,14 @@ def merge_cards(generated: ModelCard, base: ModelCard | None) -> ModelCard:
         text = f"\n{block}\n\n{base.text.strip()}\n"
     else:
         text = parts[0] + block + parts[2]
-    return ModelCard(f"---\n{ModelCardData(**metadata).to_yaml()}\n---\n{text}")
+    return _with_fingerprint(ModelCard(f"---\n{ModelCardData(**metadata).to_yaml()}\n---\n{text}"))
 
 
-def choose_base(local: ModelCard | None, remote: ModelCard | None, default: ModelCard) -> ModelCard | None:
-    """The card whose user part a push keeps: the one the user edited. Both edited, differently: an
-    error (nothing of either is discarded silently)."""
+def choose_base(local: ModelCard | None, remote: ModelCard | None) -> ModelCard | None:
+    """The card whose user part a push keeps: the one edited since maskformer_hf last wrote it (the
+    local one when neither was). Both edited, differently: an error, so that nothing is lost."""
     candidates = [c for c in (local, remote) if c is not None]
-    edited = [c for c in candidates if user_part(c) != user_part(default)]
+    edited = [c for c in candidates if is_edited(c)]
     if len(edited) == 2 and user_part(edited[0]) != user_part(edited[1]):
         raise ValueError("model card: README.md was edited both in the folder and on the Hub, differently; "
                          "copy the Hub's edits into the local README.md (or the other way round) and push again")
@@ -301,7 +326,7 @@ def checkpoint_card(folder: str | Path, *, repo_id: str | None = None, metrics: 
                      + (f" trained with `maskformer_hf` for {steps} steps." if steps else ".")),
         backbone=backbone, num_queries=config.get("num_queries", 100), num_labels=len(labels),
         labels_preview=", ".join(labels[:8]) + (", …" if len(labels) > 8 else ""),
-        parameters=parameters, repo_id=repo_id or str(folder),
+        parameters=parameters, repo_id=repo_id or recipe.get("hub_model_id") or str(folder),
         subtask="panoptic" if has_panoptic or not metrics else "semantic",
         results=_results_from_metrics(metrics, recipe),
         command=training.get("command", ""), recipe=recipe or None, hardware=training.get("hardware", ""),
@@ -352,14 +377,16 @@ def _parameter_count(folder: Path) -> str:
 
 
 def write_model_card(folder: str | Path, *, repo_id: str | None = None, base: ModelCard | None = None,
-                     **kwargs: Any) -> Path:
+                     license: str | None = None, **kwargs: Any) -> Path:
     """(Re)write ``folder/README.md``: the generated card merged into ``base`` (default: the
-    folder's own README.md, so that what the user wrote outside the generated block stays)."""
+    folder's own README.md, so that what the user wrote outside the generated block stays). A
+    ``license`` given here replaces the card's."""
     folder = Path(folder)
     path = folder / "README.md"
     if base is None and path.is_file():
         base = ModelCard.load(path)
-    merge_cards(checkpoint_card(folder, repo_id=repo_id, **kwargs), base).save(path)
+    generated = checkpoint_card(folder, repo_id=repo_id, license=license, **kwargs)
+    merge_cards(generated, base, replace=("license",) if license else ()).save(path)
     return path
 
 
@@ -383,5 +410,6 @@ def training_info(config: Any, *, wall_time_seconds: float, steps: int, num_proc
     }
 
 
-__all__ = ["BEGIN", "CONVERSION_INFO_FILE", "END", "CardContent", "ResultRow", "base_model_of", "checkpoint_card", "choose_base", "merge_cards",
+__all__ = ["BEGIN", "CONVERSION_INFO_FILE", "END", "CardContent", "ResultRow", "base_model_of", "checkpoint_card",
+           "choose_base", "is_edited", "merge_cards",
            "render_card", "training_info", "user_part", "write_model_card"]
