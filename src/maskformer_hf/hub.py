@@ -117,6 +117,19 @@ def refresh_card(folder: Path, repo_id: str, remote: ModelCard | None, license: 
     return card
 
 
+def _prepare(call: Any, *args: Any, **kwargs: Any) -> None:
+    """Create the repository / branch. The Hub's refusals (401, 403, ...) stop the push; a failure to
+    reach it is left to the commit, which then reports it (or succeeds, when it is reached another way)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        call(*args, **kwargs)
+    except HfHubHTTPError:
+        raise
+    except Exception as error:
+        logger.warning("%s failed (%s: %s); trying the commit anyway", call.__name__, type(error).__name__, error)
+
+
 def folder_operations(folder: Path, remote_files: list[str] = ()) -> list[CommitOperationAdd | CommitOperationDelete]:
     """One addition per file of ``folder`` (sub-folders too), minus :data:`IGNORE`; one deletion per
     weight file of the repository that the folder does not have."""
@@ -136,9 +149,9 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool | None = None
     check_repo_id(repo_id)
     folder = check_checkpoint(folder)
     api = HfApi(token=check_token(token))
-    api.create_repo(repo_id, private=private, exist_ok=True)
+    _prepare(api.create_repo, repo_id, private=private, exist_ok=True)
     if revision and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
+        _prepare(api.create_branch, repo_id, branch=revision, exist_ok=True)
     remote_card, remote_files = _remote_state(api, repo_id, revision)
     refresh_card(folder, repo_id, remote_card, license=license)
     # create_commit, not upload_folder: with hf_xet installed, upload_folder may split a folder into
