@@ -300,3 +300,14 @@ def test_a_refused_push_is_a_message_not_a_traceback(hub, model_dir, monkeypatch
     monkeypatch.setattr(HfApi, "create_commit", refuse)
     assert cli_main(["push", str(model_dir), "--repo-id", "me/tiny"]) == 1
     assert "the Hub refused or failed the push to me/tiny" in capsys.readouterr().err
+
+
+def test_push_of_a_run_whose_model_folder_has_no_metrics_file(hub, trained_run, tmp_path):
+    """Runs saved before metrics.json sat beside the weights: the run's own metrics.json is used."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "model" / "metrics.json").unlink()
+    (run / "model" / "README.md").unlink()
+    push_to_hub(run / "model", "me/old-run")
+    expected = json.loads((trained_run / "metrics.json").read_text())
+    assert card_metrics(ModelCard(hub.file("me/old-run", "README.md").decode()))["pq"] == pytest.approx(expected["pq"])

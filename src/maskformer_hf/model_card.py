@@ -302,12 +302,15 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def checkpoint_card(folder: str | Path, *, repo_id: str | None = None, metrics: dict[str, Any] | None = None,
                     training: dict[str, Any] | None = None, license: str | None = None) -> ModelCard:
     """The generated card of a checkpoint folder: its ``config.json``, and ``metrics.json`` /
-    ``training_info.json`` (written by training) unless given."""
+    ``training_info.json`` (written by training) unless given; without a ``metrics.json`` of its
+    own, that of the training run one folder up (``output_dir/metrics.json`` beside ``log.jsonl``)."""
     folder = Path(folder)
     config = _read_json(folder / "config.json")
     if config is None:
         raise ValueError(f"model card: {folder} has no config.json (not a checkpoint folder)")
-    metrics = metrics if metrics is not None else _read_json(folder / METRICS_FILE) or {}
+    if metrics is None:  # the folder's own, else its training run's (output_dir/metrics.json, output_dir/log.jsonl)
+        run = folder.parent if (folder.parent / "log.jsonl").is_file() else None
+        metrics = _read_json(folder / METRICS_FILE) or (_read_json(run / METRICS_FILE) if run else None) or {}
     training = training if training is not None else _read_json(folder / TRAINING_INFO_FILE) or {}
     recipe = training.get("recipe") or {}
     labels = [str(v) for _, v in sorted(((int(k), v) for k, v in (config.get("id2label") or {}).items()))]
