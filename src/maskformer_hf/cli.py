@@ -291,8 +291,8 @@ def convert_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_convert(args: argparse.Namespace) -> int:
     """``maskformer-hf convert``: 0 when converted, 2 when SRC is not a MaskFormer checkpoint we can map."""
-    from .conversion_detectron2 import convert_checkpoint, is_detectron2_checkpoint
-    from .model_card import CONVERSION_INFO_FILE, write_model_card
+    from .conversion_detectron2 import convert_checkpoint
+    from .model_card import write_model_card
 
     try:
         id2label = json.loads(Path(args.id2label).read_text()) if args.id2label else None
@@ -300,11 +300,7 @@ def run_convert(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"convert: {error}", file=sys.stderr)
         return 2
-    command = ["maskformer-hf convert", args.src, args.dst] + (["--revision", args.revision] if args.revision else [])
-    info = {"source": str(args.src), "format": "detectron2" if is_detectron2_checkpoint(args.src) else "transformers",
-            "revision": args.revision, "command": " ".join(command)}
-    (Path(args.dst) / CONVERSION_INFO_FILE).write_text(json.dumps(info, indent=1))
-    write_model_card(args.dst)
+    write_model_card(args.dst)  # cites the source recorded in DST/conversion_info.json
     print(f"wrote {args.dst}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
           f"{model.config.num_labels} classes, {model.config.num_queries} queries")
     return 0

@@ -19,6 +19,7 @@ Assumptions that the weights cannot show (true of every config of the MaskFormer
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -34,6 +35,7 @@ from .checkpoints import _resolve, _to_tensor, is_detectron2_checkpoint, load_de
 from .configuration_maskformer import PRESETS, MaskFormerConfig
 from .conversion import convert_from_transformers, is_transformers_checkpoint
 from .image_processing_maskformer import MaskFormerImageProcessor
+from .model_card import CONVERSION_INFO_FILE
 from .modeling_maskformer import MaskFormerForUniversalSegmentation
 
 _BODY = "model.backbone.body."
@@ -390,12 +392,14 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *,
             of a transformers MaskFormer checkpoint.
         dst: output folder; receives ``config.json``, ``model.safetensors`` and
             ``preprocessor_config.json`` (the source's when it has one; else ours, normalised with
-            the detectron2 file's ``pixel_mean`` / ``pixel_std`` when stored, ImageNet's otherwise).
-            No README: model cards are written by their own tools.
+            the detectron2 file's ``pixel_mean`` / ``pixel_std`` when stored, ImageNet's otherwise)
+            and ``conversion_info.json`` (source, format, revision: what the model card cites). No
+            README: model cards are written by their own tools.
         id2label: class names (dict or list) replacing the source's.
         revision: Hub revision of a transformers ``src``.
     """
-    if is_detectron2_checkpoint(src):
+    detectron2 = is_detectron2_checkpoint(src)
+    if detectron2:
         state_dict = load_detectron2_state_dict(src)
         model = convert_from_detectron2(state_dict, id2label=id2label)
         processor, source_processor = detectron2_image_processor(state_dict), None
@@ -416,4 +420,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *,
         shutil.copy(source_processor, dst / "preprocessor_config.json")
     else:
         processor.save_pretrained(dst)
+    command = ["maskformer-hf convert", str(src), str(dst)] + (["--revision", revision] if revision else [])
+    info = {"source": str(src), "format": "detectron2" if detectron2 else "transformers", "revision": revision,
+            "command": " ".join(command)}
+    (dst / CONVERSION_INFO_FILE).write_text(json.dumps(info, indent=1))
     return model

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -318,8 +319,8 @@ def checkpoint_card(folder: str | Path, *, repo_id: str | None = None, metrics: 
     parameters = _parameter_count(folder)
     has_panoptic = any(k in metrics for k in ("pq", "sq", "rq"))
     dataset = recipe.get("dataset")
-    title = f"MaskFormer ({backbone}) on {DATASETS.get(dataset, (None, dataset))[1]}" if dataset else \
-        f"MaskFormer ({backbone})"
+    dataset_id, dataset_name = DATASETS.get(dataset, (None, dataset))
+    title = f"MaskFormer ({backbone}) on {dataset_name}" if dataset else f"MaskFormer ({backbone})"
     steps = training.get("steps") or recipe.get("max_steps")
     conversion = _read_json(folder / CONVERSION_INFO_FILE) if not recipe else None
     content = CardContent(
@@ -337,7 +338,7 @@ def checkpoint_card(folder: str | Path, *, repo_id: str | None = None, metrics: 
         training_note="" if recipe else "No training record was saved with these weights.",
         license=license or training.get("license") or "apache-2.0",
         base_model=base_model_of(recipe, config) if recipe else training.get("base_model"),
-        datasets=[DATASETS.get(dataset, (None,))[0]] if DATASETS.get(dataset, (None,))[0] else [],
+        datasets=[dataset_id] if dataset_id else [],
     )
     if conversion:
         _describe_conversion(content, conversion, license)
@@ -371,11 +372,7 @@ def _parameter_count(folder: Path) -> str:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 if not key.endswith(("running_mean", "running_var", "num_batches_tracked", "relative_position_index")):
-                    shape = f.get_slice(key).get_shape()
-                    count = 1
-                    for dim in shape:
-                        count *= dim
-                    total += count
+                    total += math.prod(f.get_slice(key).get_shape())
     return f"{total / 1e6:.1f}M" if total else "unknown"
 
 
