@@ -8,6 +8,8 @@
     maskformer-hf push outputs/run/model --repo-id my-org/maskformer-ade20k
     maskformer-hf card outputs/run/model
     maskformer-hf convert facebook/maskformer-swin-base-ade ./maskformer-swin-base-ade
+    maskformer-hf export outputs/run/model --format onnx --with-postprocess semantic --out model.onnx
+    maskformer-hf segment photos/ --model outputs/run/model --fast
     maskformer-hf recipes
 
 Every field of :class:`~maskformer_hf.training.TrainConfig` is a ``--flag``; a recipe file (or a
@@ -26,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .export import DEFAULT_OPSET, FORMATS, POSTPROCESS
+from .optimize import MODES
 from .training import RECIPES_DIR, TrainConfig
 
 
@@ -167,6 +171,14 @@ def run_segment(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:  # from_pretrained: no such folder / repo, not a checkpoint
         print(f"--model {args.model}: could not load a checkpoint ({type(error).__name__}: {error})", file=sys.stderr)
         return 2
+    if args.fast or args.fast_mode:
+        from .optimize import optimize
+
+        if model.device.type != "cpu":
+            print(f"--fast: CPU modes; the model is on {model.device} (use --device cpu)", file=sys.stderr)
+            return 2
+        model = optimize(model, args.fast_mode or "auto")
+        print(f"fast inference: {model.mode}", file=sys.stderr)
     run = segment_files(paths, model, processor, args.out, task=args.task, batch_size=args.batch_size,
                         threshold=args.threshold, mask_threshold=args.mask_threshold,
                         overlap_mask_area_threshold=args.overlap_threshold, size=args.size,
@@ -197,6 +209,11 @@ def segment_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="images per forward pass (padded; results do not depend on it)")
     parser.add_argument("--device", type=_device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--fast", action="store_true",
+                        help="CPU: run through the fastest inference mode whose semantic maps agree with fp32 on "
+                             ">= 99%% of pixels, measured here once and cached (maskformer_hf.optimize)")
+    parser.add_argument("--fast-mode", "--fast_mode", dest="fast_mode", choices=MODES, default=None,
+                        help="CPU: this inference mode instead of measuring (see docs/deployment.md)")
     return parser
 
 
@@ -306,6 +323,41 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("model", metavar="MODEL", help="checkpoint folder or Hub id")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="graph format")
+    parser.add_argument("--out", required=True, help="the file to write (.onnx, .pt, .pt2)")
+    parser.add_argument("--with-postprocess", "--with_postprocess", dest="postprocess", choices=POSTPROCESS,
+                        default=None, help="also put this post-processing rule in the graph (output semantic_map)")
+    parser.add_argument("--no-pixel-mask", "--no_pixel_mask", dest="pixel_mask", action="store_false",
+                        help="the graph takes pixel_values only")
+    parser.add_argument("--opset", type=_positive_int, default=DEFAULT_OPSET, help="ONNX opset")
+    parser.add_argument("--no-check", "--no_check", dest="check", action="store_false",
+                        help="skip running the written graph against the eager model")
+    return parser
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``maskformer-hf export``: 0 when written (and checked), 2 when the model cannot be loaded or
+    the format's runtime is missing, 1 when the written graph disagrees with the eager model."""
+    from .export import check_export, export_model
+    from .segment import load_segmenter
+
+    try:
+        model, _ = load_segmenter(args.model, "cpu")
+        path = export_model(model, args.out, args.format, with_pixel_mask=args.pixel_mask,
+                            postprocess=args.postprocess, opset=args.opset)
+    except (OSError, ValueError, ImportError) as error:
+        print(f"export: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({args.format})")
+    if not args.check:
+        return 0
+    report = check_export(model, path, args.format, with_pixel_mask=args.pixel_mask, postprocess=args.postprocess)
+    print(json.dumps(report))
+    return 0 if report["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskformer-hf", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -315,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     push_parser(commands.add_parser("push", help="publish a checkpoint folder to the Hub in one commit, card included"))
     card_parser(commands.add_parser("card", help="(re)write a checkpoint's model card from its metrics and recipe"))
     convert_parser(commands.add_parser("convert", help="convert a transformers or original (detectron2) checkpoint"))
+    export_parser(commands.add_parser("export", help="export the inference graph (ONNX, TorchScript, torch.export)"))
     commands.add_parser("recipes", help="list the shipped training recipes")
     return parser
 
@@ -330,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_card(args)
     if args.command == "convert":
         return run_convert(args)
+    if args.command == "export":
+        return run_export(args)
     if args.command == "train":
         run_train(args, command=["maskformer-hf", *(sys.argv[1:] if argv is None else argv)])
     elif args.command == "evaluate":

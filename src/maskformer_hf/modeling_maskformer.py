@@ -204,7 +204,11 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
                 f"pixel_mask: expected shape {(pixel_values.shape[0], *pixel_values.shape[2:])} "
                 f"(batch_size, height, width), got {tuple(pixel_mask.shape)}"
             )
-        backbone_maps, masks = self.backbone(pixel_values, pixel_mask)
+        return self.decode_features(*self.backbone(pixel_values, pixel_mask))
+
+    def decode_features(self, backbone_maps: list[Tensor], masks: list[Tensor] | None) -> MaskFormerFeatures:
+        """Transformer module and FPN over the four backbone maps (and their valid-position masks,
+        None when nothing is padded): the part of :meth:`compute_features` after the backbone."""
         top_mask = None if masks is None else masks[-1]
         memory, memory_pos, key_mask = self.transformer_module.encode(backbone_maps[-1], top_mask)
         fpn_inputs = backbone_maps

@@ -31,7 +31,13 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
-from .ops import linear
+from .ops import linear, tracing
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` >= `n`; floor divisions only, which a graph with symbolic
+    sizes keeps simple (``-n % multiple`` nests modulo terms stage after stage)."""
+    return (n + multiple - 1) // multiple * multiple
 
 
 def window_partition(x: Tensor, window: int) -> Tensor:
@@ -58,8 +64,8 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
         `(num_windows, window**2, window**2)`: 0 within a region, -100 across regions.
     """
     def regions(size: int) -> Tensor:  # 0, 1 or 2 for every index along one axis
-        edges = torch.tensor([size - window, size - shift], device=device)
-        return torch.bucketize(torch.arange(size, device=device), edges, right=True)
+        index = torch.arange(size, device=device)  # comparisons, not a tensor of sizes: graphs keep `size` symbolic
+        return (index >= size - window).long() + (index >= size - shift).long()
 
     region = (regions(height)[:, None] * 3 + regions(width)[None, :])[None, :, :, None]  # (1, H, W, 1)
     windows = window_partition(region, window)[..., 0]  # (nW, T)
@@ -162,8 +168,8 @@ class SwinLayer(nn.Module):
         _, height, width, _ = x.shape
         window, shift = self.window, self.shift
         tokens = self.layernorm_before(x)
-        pad_h, pad_w = -height % window, -width % window
-        if pad_h or pad_w:  # padded tokens are zero vectors after the norm
+        pad_h, pad_w = round_up(height, window) - height, round_up(width, window) - width
+        if tracing() or pad_h or pad_w:  # padded tokens are zero vectors after the norm
             tokens = F.pad(tokens, (0, 0, 0, pad_w, 0, pad_h))
         mask = None
         if shift:
@@ -187,9 +193,9 @@ class SwinPatchMerging(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, c = x.shape
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-            h, w = h + h % 2, w + w % 2
+        if tracing() or h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, round_up(w, 2) - w, 0, round_up(h, 2) - h))
+            h, w = round_up(h, 2), round_up(w, 2)
         # (B, H/2, row, W/2, col, C) -> neighbours ordered column-major: (0,0), (1,0), (0,1), (1,1).
         merged = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
         return linear(self.norm(merged), self.reduction.weight)
@@ -216,8 +222,9 @@ class SwinPatchEmbeddings(nn.Module):
     def forward(self, pixel_values: Tensor) -> Tensor:
         """`(B, 3, H, W)` -> `(B, ceil(H/p), ceil(W/p), embed_dim)`; images zero-padded bottom/right."""
         height, width = pixel_values.shape[-2:]
-        pad_h, pad_w = -height % self.patch_size[0], -width % self.patch_size[1]
-        if pad_h or pad_w:
+        pad_h = round_up(height, self.patch_size[0]) - height
+        pad_w = round_up(width, self.patch_size[1]) - width
+        if tracing() or pad_h or pad_w:
             pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
         return self.projection(pixel_values).permute(0, 2, 3, 1)
 

@@ -40,13 +40,20 @@ def onednn_linear_available(x: Tensor) -> bool:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: `(..., K)`, `(N, K)`, `(N,)` -> `(..., N)`; through oneDNN on x86 CPUs."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if rows < MIN_ROWS or weight.shape[0] == 0 or not onednn_linear_available(x):
+    if tracing() or rows < MIN_ROWS or weight.shape[0] == 0 or not onednn_linear_available(x):
         return F.linear(x, weight, bias)
     *lead, in_features = x.shape
     # (rows, K) row-major is a (1, K, rows, 1) image in channels-last layout.
     image = x.reshape(1, rows, 1, in_features).permute(0, 3, 1, 2)
     out = F.conv2d(image, weight[:, :, None, None], bias)  # (1, N, rows, 1), channels-last as a rule
     return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0]).contiguous()
+
+
+def tracing() -> bool:
+    """Whether ``torch.export`` (and so ``torch.onnx.export``) or ``torch.jit.trace`` is recording the
+    code: a branch on a tensor's size (pad only when a size is not a multiple of something) must
+    then take its general path, else the graph holds for the traced sizes only."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def maybe_compiled(fn: Callable) -> Callable:

@@ -130,6 +130,41 @@ def mask_logits(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn.Conv2d)
     return logits.view(batch_size, num_layers, num_queries, height, width)
 
 
+def mask_logits_by_taps(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn.Conv2d) -> Tensor:
+    """:func:`mask_logits` with the projection folded into every image's embeddings and applied as one
+    batched matrix product per kernel tap, over shifted views of the padded map: no grouped
+    convolution whose group count is the batch size, so the graph stays valid for any batch size
+    (ONNX, TorchScript and ``torch.export`` with a dynamic batch). Same numbers up to float rounding.
+
+    Args:
+        mask_embeddings: `(batch_size, num_layers, num_queries, C_E)`.
+        fpn_map: `(batch_size, feature_size, H, W)`.
+        projection: a ``Conv2d(feature_size, C_E)`` with stride 1 and "same" padding (odd kernel).
+
+    Returns:
+        `(batch_size, num_layers, num_queries, H, W)`.
+    """
+    batch_size, num_layers, num_queries, channels = mask_embeddings.shape
+    height, width = fpn_map.shape[-2:]
+    kernel_h, kernel_w = projection.kernel_size
+    pad_h, pad_w = projection.padding
+    embeddings = mask_embeddings.reshape(batch_size, num_layers * num_queries, channels)
+    weight = torch.einsum("bnc,cdij->ijbnd", embeddings, projection.weight)  # (k_h, k_w, B, N, C_in)
+    bias = embeddings @ projection.bias  # (B, N)
+    # On the padded grid flattened row by row, tap (i, j) of output position p reads input p + i * row + j:
+    # each tap is one contiguous slice; the output carries 2 * pad_w junk columns per row, cut at the end.
+    row = width + 2 * pad_w
+    padded = F.pad(fpn_map, (pad_w, pad_w, pad_h, pad_h + 1)).flatten(2)  # (B, C_in, (H + 2 p_h + 1) * row)
+    length = height * row
+    logits = bias[..., None]
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            start = i * row + j
+            logits = logits + weight[i, j] @ padded[..., start:start + length]
+    logits = logits.view(batch_size, num_layers * num_queries, height, row)[..., :width]
+    return logits.reshape(batch_size, num_layers, num_queries, height, width)
+
+
 def matched_mask_logits(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn.Conv2d, image_index: Tensor,
                         layer_index: Tensor, query_index: Tensor) -> Tensor:
     """The mask logits of a few selected (image, layer, query) triples, for the loss.

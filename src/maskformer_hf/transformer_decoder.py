@@ -34,8 +34,10 @@ def sine_position_encoding(
     y_embed = valid.cumsum(1)
     x_embed = valid.cumsum(2)
     eps = 1e-6
-    y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
-    x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
+    # The totals (the cumsums' last entries, exact integers) as sums: a [-1:] slice has a size that a
+    # graph with a dynamic height cannot prove to be 1.
+    y_embed = y_embed / (valid.sum(1, keepdim=True) + eps) * scale
+    x_embed = x_embed / (valid.sum(2, keepdim=True) + eps) * scale
     dim_t = torch.arange(num_features, dtype=torch.float32, device=mask.device)
     dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_features)
     pos_x = x_embed[..., None] / dim_t  # (B, H, W, F)
