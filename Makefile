@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo app bench bench-train bench-data bench-processing clean
+.PHONY: install test demo app bench bench-train bench-data bench-processing bench-inference clean
 
 install: $(STAMP)
 
@@ -46,6 +46,9 @@ bench-data: $(STAMP)
 
 bench-processing: $(STAMP)
 	$(PY) benchmarks/bench_processing.py
+
+bench-inference: $(STAMP)
+	$(PY) benchmarks/bench_inference.py
 
 clean:
 	rm -rf $(VENV) demo_output build *.egg-info src/*.egg-info .pytest_cache

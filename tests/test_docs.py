@@ -62,6 +62,8 @@ BUDGETS = {  # a piece of the command -> flags appended
     "benchmarks/bench_train_step.py": ["--size", "64", "--steps", "1", "--segments", "2", "--repeats", "1"],
     "benchmarks/bench_processing.py": ["--batch", "2", "--height", "48", "--width", "64", "--queries", "12",
                                        "--classes", "10", "--mask-size", "16", "--confident", "4", "--repeats", "1"],
+    "benchmarks/bench_inference.py": ["--size", "64", "--batch-sizes", "1", "--repeats", "1", "--modes", "fp32",
+                                      "onnxruntime", "--backbones", "resnet50", "--trained-size", "64"],
     "benchmarks/bench_data.py": ["--size", "80", "--crop", "64", "--train-steps", "1", "--batches", "2",
                                  "--images", "8"],
     "maskformer_hf.data.synthetic": ["--num-train", "4", "--num-val", "2", "--size", "64"],
@@ -281,6 +283,7 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_s
     hub = FakeHub(workspace / HUB)
     hub.install(monkeypatch)
     monkeypatch.setenv("HF_TOKEN", "hf_docs_token")
+    monkeypatch.setenv("MASKFORMER_HF_CACHE", str(workspace / ".cache"))  # optimize's decisions stay in the workspace
     namespace: dict = {"__name__": "__docs__"}
     ran = 0
     for language, code in blocks:

@@ -79,7 +79,8 @@ def test_onnx_without_pixel_mask_and_the_padding_rule(tmp_path):
 
 def test_in_graph_semantic_rule_is_the_processors_rule():
     generator = torch.Generator().manual_seed(0)
-    class_logits, mask_logits = torch.randn(2, 7, 6, generator=generator), torch.randn(2, 7, 13, 17, generator=generator)
+    class_logits = torch.randn(2, 7, 6, generator=generator)
+    mask_logits = torch.randn(2, 7, 13, 17, generator=generator)
     want = torch.stack(semantic_inference(class_logits, mask_logits, None, [(50, 67)] * 2))
     assert torch.equal(semantic_map(class_logits, mask_logits, (50, 67)), want)
 

@@ -107,7 +107,8 @@ class MaskFormerGraph(nn.Module):
         if postprocess is not None and postprocess not in POSTPROCESS:
             raise ValueError(f"postprocess: expected None or one of {POSTPROCESS}, got {postprocess!r}")
         if not hasattr(model, "model") or not hasattr(model.model, "decode_features"):
-            raise TypeError(f"model: expected a maskformer_hf MaskFormerForUniversalSegmentation, got {type(model).__name__}")
+            raise TypeError("model: expected a maskformer_hf MaskFormerForUniversalSegmentation, "
+                            f"got {type(model).__name__}")
         self.segmenter = model
         self.postprocess = postprocess
 
