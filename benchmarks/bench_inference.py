@@ -35,21 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import MaskFormerConfig as HFMaskFormerConfig
-from transformers import MaskFormerForInstanceSegmentation, ResNetConfig, SwinConfig
+from transformers import MaskFormerForInstanceSegmentation
 
 from maskformer_hf import MaskFormerForUniversalSegmentation, MaskFormerImageProcessor, convert_from_transformers
 from maskformer_hf.data.synthetic import generate_example
 from maskformer_hf.optimize import MODES, _cpu_name, mode_available, optimize
 from maskformer_hf.precision import cpu_supports_bf16
 
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
-BACKBONES = {
-    "swin-tiny": lambda: SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
-                                    image_size=224, out_features=STAGES),
-    "resnet50": lambda: ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-                                     layer_type="bottleneck", out_features=STAGES),
-}
-
+from bench_forward import BACKBONES  # the same Swin-T and R50 configs (this folder is on sys.path)
 
 try:
     _LIBC = ctypes.CDLL("libc.so.6")
