@@ -8,7 +8,8 @@ stand-ins for the Hub checkpoints the page names (``facebook/maskformer-*``: loc
 name, which ``from_pretrained`` takes before the Hub; the network is off) and for the original
 release's files it names (``model_final_*.pkl``: tiny checkpoints in detectron2's layout).
 
-* ``python`` blocks run in one namespace per page, as written. The Hub is faked at ``HfApi``'s HTTP
+* ``python`` blocks run in one namespace per page, as written (on the pages of ``OWN_PROCESS``,
+  each block in a process of its own). The Hub is faked at ``HfApi``'s HTTP
   calls (``tests/fake_hub.py``), in the test's process and for ``maskformer-hf push`` / ``train
   --push_to_hub`` commands; every commit is checked to hold a complete checkpoint.
 * ``bash`` blocks run one command per line through bash. Commands that train, evaluate, benchmark or
@@ -44,6 +45,10 @@ from fake_hub import FakeHub
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 NOT_RUN = {"make test": "the command that runs this very suite (CI runs it through .ci/run)"}
+# Pages whose python blocks run each in a process of its own (each block is self-contained there):
+# they load native runtimes (ONNX Runtime, OpenVINO) whose threads should not outlive the page in
+# the test process, where later pages fork data-loader workers.
+OWN_PROCESS = {"docs/deployment.md"}
 LINKED = ("scripts", "benchmarks", "assets", "app.py", "src")
 HUB = ".fake_hub"  # the workspace folder holding the faked Hub's repositories (tests/fake_hub.py)
 
@@ -287,7 +292,14 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_s
     namespace: dict = {"__name__": "__docs__"}
     ran = 0
     for language, code in blocks:
-        if language == "python":
+        if language == "python" and page in OWN_PROCESS:
+            script = workspace / f"_block_{ran}.py"
+            script.write_text(code)
+            done = subprocess.run([sys.executable, str(script)], cwd=workspace, env=environment(),
+                                  capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, f"{code}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+            ran += 1
+        elif language == "python":
             exec(compile(code, page, "exec"), namespace)
             ran += 1
         elif language == "bash":
