@@ -1,28 +1,49 @@
 #!/usr/bin/env python
 """Pre- and post-processing speed of our MaskFormerImageProcessor vs transformers' (default,
-torchvision backend), in one run on CPU.
+torchvision backend) over a matrix of inputs, in one run on CPU, at 1 and 2 threads.
 
-    python benchmarks/bench_processing.py              # 8 images 480x640; 100 queries, 150 classes, 128x128 masks
-    python benchmarks/bench_processing.py --repeats 3  # quicker
+    python benchmarks/bench_processing.py                 # the whole matrix (about 15 minutes here)
+    python benchmarks/bench_processing.py --repeats 3 --threads 2 --cells noisy smooth
+    python benchmarks/bench_processing.py --list          # the cells
 
-Pre-processing: 8 RGB images with ADE-style label maps (15 regions each, ``do_reduce_labels``,
-``ignore_index=255``), both processors at transformers' defaults (shortest edge 800, longest 1333,
-size divisor 32). Post-processing: 8 model outputs shaped like a trained MaskFormer's (~25 confident
-queries owning the regions of a random partition, soft edges; the other queries predict "no
-object"), resized to 480x640 by the semantic, panoptic and instance rules. Timings are interleaved
-(ours, theirs, ours, ...) and reported as medians; agreement of the results is printed alongside.
-Anything else running on the cores shifts both sides: compare the ratio, not the absolute numbers.
+Post-processing cells (semantic, panoptic and instance rules on each; 100 queries):
+
+* synthetic outputs shaped like a trained MaskFormer's (``tests/conftest.py:fake_segmentation_outputs``):
+  confident queries own the regions of a random partition (Voronoi, soft edges) or of overlapping
+  discs, the others predict "no object"; smooth logits or i.i.d. noise (std 0.5) on every mask
+  logit; 5, 25 or 80 confident queries; 20 or 150 classes; fp32, bf16 or fp16 logits; targets from
+  256x256 to 1024x2048 and a padded batch of mixed sizes;
+* real outputs: the ``make demo`` checkpoint on its own validation images (skipped with a note when
+  ``demo_output/model`` is missing), and a randomly initialised transformers MaskFormer (Swin-T)
+  converted to ours on natural-looking synthetic scenes. A random model's classes are never
+  confident, so its panoptic and instance cells run with ``threshold=0``: every query that does not
+  predict "no object" competes (the hardest input for both implementations).
+
+Pre-processing cells: 8 RGB images of 480x640 at ``shortest_edge`` 512 or 800 (longest edge 1333),
+with and without label maps; maps of 5, 15 or 100 regions; ADE-style semantic maps with
+``do_reduce_labels`` on or off, COCO-panoptic RGB-id maps with an ``instance_id_to_semantic_id``
+mapping and void id 0 as ``ignore_index`` (transformers gets the decoded id map, which it needs; ours decodes the RGB PNG array
+itself); and a batch of mixed sizes.
+
+Per cell and thread count the two implementations run interleaved (ours, theirs, ...), one warm-up
+each, and the table reports medians. Peak memory: the resident set's growth during one call (reset
+through ``/proc/self/clear_refs`` after ``malloc_trim``). Semantic agreement is printed per cell. Run
+it on an idle machine: anything else on the cores shifts the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,101 +54,286 @@ from maskformer_hf import MaskFormerImageProcessor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import fake_segmentation_outputs  # noqa: E402  (one definition for tests and benchmark)
 
-TARGETS = {"preprocess": 1.0, "semantic": 3.0, "panoptic": 4.0, "instance": 4.0}
+TARGETS = {"preprocess": 1.2, "semantic": 3.0, "panoptic": 4.0, "instance": 4.0}  # medians; every cell >= 1
+TASKS = ("semantic", "panoptic", "instance")
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:
+    _LIBC = None
 
 
-def label_maps(count: int, height: int, width: int, regions: int = 15, seed: int = 0) -> list[np.ndarray]:
-    """ADE-style uint8 maps: `regions` Voronoi cells with classes in 1..150 (0 = "other")."""
-    rng = np.random.default_rng(seed)
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def voronoi_ids(height: int, width: int, regions: int, rng: np.random.Generator) -> np.ndarray:
+    """`(H, W)` index of the nearest of `regions` random centres."""
     yy, xx = np.mgrid[:height, :width]
-    maps = []
-    for _ in range(count):
-        centres = rng.random((regions, 2)) * [height, width]
-        nearest = np.argmin((yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2, axis=0)
-        maps.append(rng.integers(0, 151, regions)[nearest].astype(np.uint8))
-    return maps
+    centres = rng.random((regions, 2)) * [height, width]
+    dist = (yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2
+    return np.argmin(dist, axis=0)
 
 
-def agreement(task: str, ours, theirs) -> str:
-    if task == "preprocess":
-        diff = (ours["pixel_values"] - theirs["pixel_values"]).abs().max().item()
-        same = all(torch.equal(a, b) for a, b in zip(ours["class_labels"], theirs["class_labels"]))
-        return f"pixel_values max|diff| {diff:.1e}, class_labels equal: {same}"
-    if task == "semantic":
-        equal = sum(int((a == b).sum()) for a, b in zip(ours, theirs)) / sum(a.numel() for a in ours)
-        return f"{equal:.6%} of pixels equal"
-    counts = [(len(a["segments_info"]), len(b["segments_info"])) for a, b in zip(ours, theirs)]
-    return "segments per image (ours, theirs): " + " ".join(f"{a}/{b}" for a, b in counts)
+def pre_inputs(cell: dict, seed: int = 0) -> tuple[list, Any, Any, dict]:
+    """(images, our maps, transformers' maps, settings) for a pre-processing cell."""
+    rng = np.random.default_rng(seed)
+    sizes = cell.get("sizes", [(480, 640)] * 8)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    size = {"shortest_edge": cell["shortest_edge"], "longest_edge": 1333}
+    if not cell["maps"]:
+        return images, None, None, {"size": size}
+    ours, theirs, mappings = [], [], []
+    for h, w in sizes:
+        cells = voronoi_ids(h, w, cell["regions"], rng)
+        if cell["maps"] == "panoptic":  # COCO panoptic: segment ids R + 256 G + 256^2 B, 0 = void
+            segment_ids = rng.choice(np.arange(1, 1 << 20), cell["regions"], replace=False)
+            ids = segment_ids[cells]
+            ids[rng.random((h, w)) < 0.01] = 0
+            ours.append(np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8))
+            theirs.append(ids.astype(np.int64))
+            mappings.append({int(s): int(c) for s, c in zip(segment_ids, rng.integers(1, 134, cell["regions"]))})
+        else:  # ADE-style semantic map: classes 0..150 (0 = "other")
+            ids = rng.integers(0, 151, cell["regions"])[cells].astype(np.uint8)
+            ours.append(ids)
+            theirs.append(ids)
+    settings = {"size": size, "ignore_index": 0 if mappings else 255, "do_reduce_labels": cell["reduce"]}
+    if mappings:
+        settings["instance_id_to_semantic_id"] = mappings
+    return images, ours, theirs, settings
+
+
+def real_outputs(source: str) -> tuple[Any, list[tuple[int, int]]] | None:
+    """(outputs, target sizes) of a real model on images, or None when its checkpoint is missing."""
+    from PIL import Image
+
+    from maskformer_hf import MaskFormerForUniversalSegmentation
+    from maskformer_hf.data.synthetic import generate_example
+
+    if source == "demo":
+        path = Path("demo_output/model")
+        images_dir = Path("demo_output/data/coco/val2017")
+        if not (path / "config.json").exists() or not images_dir.is_dir():
+            return None
+        model = MaskFormerForUniversalSegmentation.from_pretrained(path).eval()
+        processor = MaskFormerImageProcessor.from_pretrained(path)
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(images_dir.iterdir())[:8]]
+    else:  # a transformers model, converted: its weights, our code (outputs equal transformers')
+        from transformers import MaskFormerConfig as HFConfig
+        from transformers import MaskFormerForInstanceSegmentation
+
+        from maskformer_hf import convert_from_transformers
+
+        torch.manual_seed(0)
+        model = convert_from_transformers(MaskFormerForInstanceSegmentation(HFConfig()).eval()).eval()
+        processor = MaskFormerImageProcessor(size={"shortest_edge": 384, "longest_edge": 1333})
+        images = [generate_example(np.random.default_rng((3, i)), size=384)[0] for i in range(4)]
+    batch = processor(images)
+    with torch.no_grad():
+        out = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
+    outputs = SimpleNamespace(class_queries_logits=out.class_queries_logits,
+                              masks_queries_logits=out.masks_queries_logits)
+    return outputs, [tuple(np.asarray(image).shape[:2]) for image in images]
+
+
+def synthetic_outputs(cell: dict) -> tuple[Any, list[tuple[int, int]]]:
+    batch, target, mask = cell.get("batch", 8), cell.get("target", (480, 640)), cell.get("mask", (128, 128))
+    class_logits, mask_logits = fake_segmentation_outputs(batch, 100, cell.get("classes", 150), mask,
+                                                          cell.get("confident", 25), noise=cell.get("noise", 0.5),
+                                                          layout=cell.get("layout", "partition"))
+    dtype = cell.get("dtype", torch.float32)
+    outputs = SimpleNamespace(class_queries_logits=class_logits.to(dtype), masks_queries_logits=mask_logits.to(dtype))
+    sizes = [target] * batch
+    if cell.get("mixed"):  # a padded batch: images of different sizes, 4x the mask size, bottom/right padded
+        valid = [(128, 160), (96, 160), (128, 96), (72, 128)] * (batch // 4)
+        outputs.pixel_mask = torch.zeros(batch, 4 * mask[0], 4 * mask[1], dtype=torch.int64)
+        for i, (h, w) in enumerate(valid):
+            outputs.pixel_mask[i, : 4 * h, : 4 * w] = 1
+        sizes = [(int(h * 3.75), int(w * 3.75)) for h, w in valid]
+    return outputs, sizes
+
+
+POST_CELLS: dict[str, dict] = {
+    "smooth": {"noise": 0.0},
+    "noisy": {},  # the base cell: 8 x 128^2 masks -> 480x640, 25 confident, 150 classes, noise 0.5, fp32
+    "noisy overlapping": {"layout": "overlap"},
+    "smooth overlapping": {"layout": "overlap", "noise": 0.0},
+    "5 confident": {"confident": 5},
+    "80 confident": {"confident": 80},
+    "80 confident overlapping": {"confident": 80, "layout": "overlap"},
+    "20 classes": {"classes": 20},
+    "bf16 logits": {"dtype": torch.bfloat16},
+    "fp16 logits": {"dtype": torch.float16},
+    "256x256": {"mask": (64, 64), "target": (256, 256)},
+    "1024x2048": {"mask": (256, 512), "target": (1024, 2048), "batch": 2},
+    "1024x2048 overlapping": {"mask": (256, 512), "target": (1024, 2048), "batch": 2, "layout": "overlap"},
+    "mixed sizes, padded": {"mask": (128, 160), "mixed": True},
+    "demo checkpoint, val images": {"source": "demo"},
+    "transformers Swin-T (random), scenes": {"source": "transformers", "threshold": 0.0},
+}
+PRE_CELLS: dict[str, dict] = {
+    "512, semantic maps (15 regions)": {"shortest_edge": 512, "maps": "semantic", "regions": 15, "reduce": True},
+    "800, semantic maps (15 regions)": {"shortest_edge": 800, "maps": "semantic", "regions": 15, "reduce": True},
+    "512, images only": {"shortest_edge": 512, "maps": None},
+    "800, images only": {"shortest_edge": 800, "maps": None},
+    "512, 5 regions": {"shortest_edge": 512, "maps": "semantic", "regions": 5, "reduce": True},
+    "512, 100 regions": {"shortest_edge": 512, "maps": "semantic", "regions": 100, "reduce": True},
+    "512, no label reduction": {"shortest_edge": 512, "maps": "semantic", "regions": 15, "reduce": False},
+    "800, panoptic RGB-id maps (30 segments)": {"shortest_edge": 800, "maps": "panoptic", "regions": 30,
+                                                "reduce": False},
+    "512, panoptic RGB-id maps (100 segments)": {"shortest_edge": 512, "maps": "panoptic", "regions": 100,
+                                                 "reduce": False},
+    "512, mixed sizes + maps": {"shortest_edge": 512, "maps": "semantic", "regions": 15, "reduce": True,
+                                "sizes": [(480, 640), (375, 500), (640, 427), (512, 512)] * 2},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+def _rss(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_extra_memory(fn: Callable[[], Any]) -> float | None:
+    """Bytes the resident set grows to during one call of `fn`, above its size before (Linux)."""
+    clear = Path("/proc/self/clear_refs")
+    if not clear.exists():
+        return None
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+    clear.write_text("5")  # resets VmHWM to the current resident set
+    before = _rss("VmRSS")
+    fn()
+    return _rss("VmHWM") - before
+
+
+def interleaved(ours: Callable, theirs: Callable, repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {"ours": [], "transformers": []}
+    for _ in range(repeats):
+        for key, fn in (("ours", ours), ("transformers", theirs)):
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def semantic_agreement(ours: list, theirs: list) -> float:
+    return sum(int((a == b).sum()) for a, b in zip(ours, theirs)) / sum(a.numel() for a in ours)
+
+
+def post_runs(outputs: Any, sizes: list, threshold: float | None) -> dict[str, tuple[Callable, Callable]]:
+    ours, theirs = MaskFormerImageProcessor(), ReferenceProcessor()
+    kw = {} if threshold is None else {"threshold": threshold}
+    return {
+        "semantic": (lambda: ours.post_process_semantic_segmentation(outputs, target_sizes=sizes),
+                     lambda: theirs.post_process_semantic_segmentation(outputs, target_sizes=sizes)),
+        "panoptic": (lambda: ours.post_process_panoptic_segmentation(outputs, target_sizes=sizes, **kw),
+                     lambda: theirs.post_process_panoptic_segmentation(outputs, target_sizes=sizes,
+                                                                       label_ids_to_fuse=set(), **kw)),
+        "instance": (lambda: ours.post_process_instance_segmentation(outputs, target_sizes=sizes, **kw),
+                     lambda: theirs.post_process_instance_segmentation(outputs, target_sizes=sizes, **kw)),
+    }
+
+
+def pre_runs(cell: dict) -> tuple[Callable, Callable]:
+    images, ours_maps, theirs_maps, settings = pre_inputs(cell)
+    mapping = settings.pop("instance_id_to_semantic_id", None)
+    ours, theirs = MaskFormerImageProcessor(**settings), ReferenceProcessor(**settings)
+    return (lambda: ours(images, segmentation_maps=ours_maps, instance_id_to_semantic_id=mapping),
+            lambda: theirs(images, segmentation_maps=theirs_maps, instance_id_to_semantic_id=mapping,
+                           return_tensors="pt"))
+
+
+def summary(rows: list[dict], threads: list[int]) -> list[str]:
+    lines = []
+    for task in ("preprocess", *TASKS):
+        for t in threads:
+            ratios = [r["speedup"][str(t)] for r in rows if r["task"] == task and str(t) in r["speedup"]]
+            if ratios:
+                worst = min(ratios)
+                lines.append(f"{task:<10} {t} thread(s): median {statistics.median(ratios):.2f}x (target "
+                             f">= {TARGETS[task]}x), worst {worst:.2f}x (target >= 1x) over {len(ratios)} cells")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--classes", type=int, default=150)
-    parser.add_argument("--mask-size", type=int, default=128)
-    parser.add_argument("--confident", type=int, default=25)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cells", nargs="*", default=None, help="substrings of cell names to run (default all)")
+    parser.add_argument("--no-pre", action="store_true", help="skip the pre-processing cells")
+    parser.add_argument("--no-post", action="store_true", help="skip the post-processing cells")
+    parser.add_argument("--list", action="store_true", help="print the cells and exit")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/processing.json"))
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.list:
+        print("post-processing:", *POST_CELLS, sep="\n  ")
+        print("pre-processing:", *PRE_CELLS, sep="\n  ")
+        return
 
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8) for _ in range(args.batch)]
-    maps = label_maps(args.batch, args.height, args.width)
-    settings = {"ignore_index": 255, "do_reduce_labels": True}
-    ours_processor, theirs_processor = MaskFormerImageProcessor(**settings), ReferenceProcessor(**settings)
-    class_logits, mask_logits = fake_segmentation_outputs(args.batch, args.queries, args.classes,
-                                                          (args.mask_size, args.mask_size), args.confident)
-    outputs = SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
-    sizes = [(args.height, args.width)] * args.batch
-    runs = {
-        "preprocess": (lambda: ours_processor(images, segmentation_maps=maps),
-                       lambda: theirs_processor(images, segmentation_maps=maps, return_tensors="pt")),
-        "semantic": (lambda: ours_processor.post_process_semantic_segmentation(outputs, target_sizes=sizes),
-                     lambda: theirs_processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)),
-        "panoptic": (lambda: ours_processor.post_process_panoptic_segmentation(outputs, target_sizes=sizes),
-                     lambda: theirs_processor.post_process_panoptic_segmentation(outputs, target_sizes=sizes,
-                                                                                 label_ids_to_fuse=set())),
-        "instance": (lambda: ours_processor.post_process_instance_segmentation(outputs, target_sizes=sizes),
-                     lambda: theirs_processor.post_process_instance_segmentation(outputs, target_sizes=sizes)),
-    }
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, "
-          f"{args.height}x{args.width}; {args.queries} queries, {args.classes} classes, "
-          f"{args.mask_size}x{args.mask_size} masks, {args.confident} confident queries")
-    results = {}
+    def chosen(name: str) -> bool:
+        return args.cells is None or any(c in name for c in args.cells)
+
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {args.threads}, "
+          f"medians of {args.repeats}")
+    rows: list[dict] = []
     with torch.inference_mode():
-        for task, (ours, theirs) in runs.items():
-            note = agreement(task, ours(), theirs())  # also the warm-up
-            times: dict[str, list[float]] = {"ours": [], "transformers": []}
-            for _ in range(args.repeats):
-                for key, fn in (("ours", ours), ("transformers", theirs)):
-                    start = time.perf_counter()
-                    fn()
-                    times[key].append(time.perf_counter() - start)
-            median = {k: statistics.median(v) for k, v in times.items()}
-            results[task] = {
-                "images_per_s": {k: args.batch / v for k, v in median.items()},
-                "median_s": median,
-                "speedup": median["transformers"] / median["ours"],
-                "target": TARGETS[task],
-                "agreement": note,
-            }
-    print(f"\n{'task':<11} {'transformers':>14} {'ours':>14} {'speed-up':>9} {'target':>7}")
-    for task, r in results.items():
-        rate = r["images_per_s"]
-        print(f"{task:<11} {rate['transformers']:>9.1f} img/s {rate['ours']:>9.1f} img/s "
-              f"{r['speedup']:>8.2f}x {r['target']:>6.1f}x")
-    print()
-    for task, r in results.items():
-        print(f"{task}: {r['agreement']}")
+        for name, cell in (POST_CELLS.items() if not args.no_post else ()):
+            if not chosen(name):
+                continue
+            made = real_outputs(cell["source"]) if "source" in cell else synthetic_outputs(cell)
+            if made is None:
+                print(f"{name}: skipped (no demo checkpoint; `make demo` trains one)")
+                continue
+            outputs, sizes = made
+            runs = post_runs(outputs, sizes, cell.get("threshold"))
+            for task, (ours, theirs) in runs.items():
+                row = {"cell": name, "task": task, "images": len(sizes), "speedup": {}, "median_s": {}}
+                first_ours, first_theirs = ours(), theirs()  # also the warm-up
+                if task == "semantic":
+                    row["agreement"] = semantic_agreement(first_ours, first_theirs)
+                else:
+                    row["segments"] = [sum(len(r["segments_info"]) for r in first_ours),
+                                       sum(len(r["segments_info"]) for r in first_theirs)]
+                row["peak_mb"] = {"ours": (peak_extra_memory(ours) or 0) / 2**20,
+                                  "transformers": (peak_extra_memory(theirs) or 0) / 2**20}
+                for t in args.threads:
+                    torch.set_num_threads(t)
+                    median = interleaved(ours, theirs, args.repeats)
+                    row["median_s"][str(t)] = median
+                    row["speedup"][str(t)] = median["transformers"] / median["ours"]
+                rows.append(row)
+                print(f"{name:<40} {task:<9} " + " ".join(
+                    f"{t}t: {row['median_s'][str(t)]['transformers'] * 1e3:7.1f} / {row['median_s'][str(t)]['ours'] * 1e3:7.1f} ms "
+                    f"= {row['speedup'][str(t)]:5.2f}x" for t in args.threads)
+                    + f"  peak MB {row['peak_mb']['transformers']:.0f} / {row['peak_mb']['ours']:.0f}", flush=True)
+        for name, cell in (PRE_CELLS.items() if not args.no_pre else ()):
+            if not chosen(name):
+                continue
+            ours, theirs = pre_runs(cell)
+            a, b = ours(), theirs()
+            row = {"cell": name, "task": "preprocess", "images": len(a["pixel_values"]), "speedup": {}, "median_s": {},
+                   "pixel_values_max_diff": float((a["pixel_values"] - b["pixel_values"]).abs().max())}
+            if "mask_labels" in a:
+                row["labels_equal"] = all(torch.equal(x, y) for x, y in zip(a["class_labels"], b["class_labels"]))
+            for t in args.threads:
+                torch.set_num_threads(t)
+                median = interleaved(ours, theirs, args.repeats)
+                row["median_s"][str(t)] = median
+                row["speedup"][str(t)] = median["transformers"] / median["ours"]
+            rows.append(row)
+            print(f"{name:<40} {'pre':<9} " + " ".join(
+                f"{t}t: {row['median_s'][str(t)]['transformers'] * 1e3:7.1f} / {row['median_s'][str(t)]['ours'] * 1e3:7.1f} ms "
+                f"= {row['speedup'][str(t)]:5.2f}x" for t in args.threads), flush=True)
+    print("\n(times: transformers / ours, per call)")
+    lines = summary(rows, args.threads)
+    print("\n".join(lines))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"settings": vars(args) | {"output": str(args.output)},
-                                       "threads": torch.get_num_threads(), "results": results}, indent=2))
+    args.output.write_text(json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                                       "torch": torch.__version__, "rows": rows, "summary": lines}, indent=2))
     print(f"\nwrote {args.output}")
 
 

@@ -74,26 +74,36 @@ def distributed_case(batch_size: int = 4, segments: int = 3):
 
 def fake_segmentation_outputs(batch: int = 2, queries: int = 20, classes: int = 10, size: tuple[int, int] = (32, 40),
                               confident: int = 6, class_margin: float = 14.0, edge_sharpness: float = 4.0,
-                              seed: int = 0):
+                              seed: int = 0, noise: float = 0.0, layout: str = "partition"):
     """Logits shaped like a trained MaskFormer's: `confident` queries own the regions of a random
-    partition (Voronoi cells, soft edges) with a confident class each; the others predict "no
-    object" and weak, smooth masks. Returns `(class_queries_logits (B, Q, K + 1),
+    partition (``layout="partition"``: Voronoi cells, soft edges) or of overlapping discs of random
+    radii (``"overlap"``: queries compete for the same pixels, as duplicate predictions do) with a
+    confident class each; the others predict "no object" and weak, smooth masks. `noise`: std of
+    i.i.d. Gaussian noise added to every mask logit. Returns `(class_queries_logits (B, Q, K + 1),
     masks_queries_logits (B, Q, h, w))`."""
+    if layout not in ("partition", "overlap"):
+        raise ValueError(f"layout: expected 'partition' or 'overlap', got {layout!r}")
     g = torch.Generator().manual_seed(seed)
     h, w = size
     class_logits = torch.randn(batch, queries, classes + 1, generator=g)
     class_logits[..., -1] += 8.0
-    noise = torch.nn.functional.interpolate(torch.randn(batch * queries, 1, 6, 6, generator=g), size=size,
-                                            mode="bicubic", align_corners=False)
-    mask_logits = torch.randn(batch, queries, 1, 1, generator=g) - 6.0 + 2.0 * noise.view(batch, queries, h, w)
+    noise_maps = torch.nn.functional.interpolate(torch.randn(batch * queries, 1, 6, 6, generator=g), size=size,
+                                                 mode="bicubic", align_corners=False)
+    mask_logits = torch.randn(batch, queries, 1, 1, generator=g) - 6.0 + 2.0 * noise_maps.view(batch, queries, h, w)
     yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
     for b in range(batch):
         owners = torch.randperm(queries, generator=g)[:confident]
         class_logits[b, owners, torch.randint(0, classes, (confident,), generator=g)] += class_margin
         centres = torch.rand(confident, 2, generator=g) * torch.tensor([h, w])
         dist = ((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2).sqrt()  # (confident, h, w)
-        mask_logits[b, owners] = 6.0 - edge_sharpness * (dist - dist.min(0).values) + 0.5 * torch.randn(
-            confident, h, w, generator=g)
+        if layout == "partition":
+            shapes = 6.0 - edge_sharpness * (dist - dist.min(0).values)
+        else:
+            radii = (0.1 + 0.3 * torch.rand(confident, 1, 1, generator=g)) * min(h, w)
+            shapes = edge_sharpness / 4 * (radii - dist)
+        mask_logits[b, owners] = shapes + 0.5 * torch.randn(confident, h, w, generator=g)
+    if noise:
+        mask_logits += noise * torch.randn(mask_logits.shape, generator=g)
     return class_logits, mask_logits
 
 

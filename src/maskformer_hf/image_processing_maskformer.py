@@ -104,6 +104,7 @@ def segmentation_map_to_masks(
     num = int(keep.sum())
     row = torch.full_like(ids, num)  # segment id -> mask row; dropped ids -> a spare row
     row[keep] = torch.arange(num, device=ids.device)
+    row = row.int()  # comparisons of int32 rows write the float masks fastest
     rows = row[key] if lut is None else row[lut][key]  # (H*W,) mask row of every pixel
     out_h, out_w = padded_size or (height, width)
     if (out_h, out_w) != (height, width):
@@ -112,10 +113,9 @@ def segmentation_map_to_masks(
         full = torch.full((out_h, out_w), num, dtype=rows.dtype, device=rows.device)
         full[:height, :width] = rows.view(height, width)
         rows = full.view(-1)
-    spare = bool((rows == num).any())
-    masks = torch.zeros((num + int(spare), out_h * out_w), dtype=torch.float32, device=rows.device)
-    masks.scatter_(0, rows[None], 1.0)
-    return masks[:num].view(num, out_h, out_w), classes
+    masks = torch.empty((num, out_h * out_w), dtype=torch.float32, device=rows.device)
+    torch.eq(rows[None], torch.arange(num, dtype=rows.dtype, device=rows.device)[:, None], out=masks)  # one pass
+    return masks.view(num, out_h, out_w), classes
 
 
 def _unique_ids(flat: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:

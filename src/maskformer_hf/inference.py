@@ -18,9 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .resampling import (
+    Assignment,
     CellMaps,
     Resampling,
+    dense_above,
+    dense_argmax,
     keep_by_overlap,
+    overlap_keep,
+    prefers_dense,
     resample_dense,
     resampled_above,
     resampled_argmax,
@@ -98,7 +103,12 @@ def semantic_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
                                        num_classes):
         probs = masks_queries_logits[index, :, :n, :m].float().sigmoid()  # (G, Q, n, m)
         scores = (probs.flatten(2).transpose(1, 2) @ class_probs[index]).view(len(index), n, m, -1)  # channels-last
-        maps = resampled_argmax(CellMaps(scores.permute(0, 3, 1, 2)), res).paint(res)  # (G, T_h, T_w)
+        scores = scores.permute(0, 3, 1, 2)  # (G, K, n, m)
+        assignment = None if prefers_dense(len(index), num_classes, res) else resampled_argmax(
+            CellMaps(scores), res, give_up=True)
+        if assignment is None:  # noisy or small: every pixel, a chunk of classes at a time
+            assignment = dense_argmax(scores, res)[0]
+        maps = assignment.paint(res)  # (G, T_h, T_w)
         for j, i in enumerate(index.tolist()):
             results[i] = maps[j]
     return results
@@ -163,11 +173,9 @@ def panoptic_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
         order = torch.argsort((~keep).int(), dim=1, stable=True)[:, : int(count.max())]  # kept queries first
         probs, valid = _gather_queries(masks_queries_logits, index, order, count, crop)
         kept_scores = scores[index].gather(1, order).masked_fill(~valid, 1.0)
-        maps = CellMaps(probs)
-        assignment = resampled_argmax(maps, res, weights=kept_scores)
-        areas = assignment.areas(res, order.shape[1])
-        alive = (valid & (areas > 0) & keep_by_overlap(maps, res, areas, mask_threshold,
-                                                        overlap_mask_area_threshold)).tolist()
+        assignment, areas, keep, _ = _compete(probs, res, kept_scores, None, mask_threshold,
+                                              overlap_mask_area_threshold, strict=False)
+        alive = (valid & (areas > 0) & keep).tolist()
         kept_labels, score_lists = labels[index].gather(1, order).tolist(), kept_scores.tolist()
         luts, infos = [], []
         for j in range(len(index)):
@@ -244,13 +252,15 @@ def instance_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
         probs = probs[torch.arange(len(index), device=order.device)[:, None], order]
         probs = probs.masked_fill(~valid[:, :, None, None], -1.0)  # padding: never on, never a winner
         score, label = score.gather(1, order).masked_fill(~valid, 1.0), label.gather(1, order)
-        maps = CellMaps(probs)
-        assignment = resampled_argmax(maps, res, weights=score, on_threshold=mask_threshold)
-        visible = assignment.areas(res, order.shape[1])
-        alive = valid & keep_by_overlap(maps, res, visible, mask_threshold, overlap_mask_area_threshold, strict=True)
+        assignment, _, keep, maps = _compete(probs, res, score, mask_threshold, mask_threshold,
+                                             overlap_mask_area_threshold, strict=True)
+        alive = valid & keep
         ids = torch.cumsum(alive.int(), 1) - 1
         lut = torch.where(alive, ids, torch.full_like(ids, -1)).int()
-        binary_maps = resampled_above(maps, res, mask_threshold) if return_binary_maps else None
+        binary_maps = None
+        if return_binary_maps:
+            binary_maps = (resampled_above(maps, res, mask_threshold) if maps is not None
+                           else dense_above(probs, res, mask_threshold))
         segmentation = None if return_binary_maps else assignment.paint(res, lut, fill=-1)
         for j, i in enumerate(index.tolist()):
             segments = [{"id": k, "label_id": c, "was_fused": False, "score": round(p, 6)}
@@ -258,6 +268,30 @@ def instance_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
             result = binary_maps[j][alive[j]].float() if return_binary_maps else segmentation[j]
             results[i] = {"segmentation": result, "segments_info": segments}
     return results
+
+
+def _compete(probs: Tensor, res: Resampling, weights: Tensor, on_threshold: float | None, mask_threshold: float,
+             overlap: float, strict: bool) -> tuple[Assignment, Tensor, Tensor, CellMaps | None]:
+    """Each pixel to the channel maximising `weights * probs` (only where `probs > on_threshold`
+    when given), and which channels keep their segment by the overlap rule: per-cell bounds where
+    they settle most pixels, else every pixel (chosen by the bounds' own count of what is left).
+
+    Args:
+        probs: `(G, k, n, m)` mask probabilities (padding channels -1); weights: `(G, k)`.
+    Returns:
+        `(assignment, areas (G, k) pixels won, keep (G, k) bool, cell maps or None when dense)`.
+    """
+    maps = assignment = None
+    if not prefers_dense(probs.shape[0], probs.shape[1], res):
+        maps = CellMaps(probs)
+        assignment = resampled_argmax(maps, res, weights=weights, on_threshold=on_threshold, give_up=True)
+    if assignment is None:
+        assignment, own = dense_argmax(probs, res, weights=weights, on_threshold=on_threshold,
+                                       count_threshold=mask_threshold, strict=strict)
+        areas = assignment.areas(res, probs.shape[1])
+        return assignment, areas, overlap_keep(areas, own, overlap), None
+    areas = assignment.areas(res, probs.shape[1])
+    return assignment, areas, keep_by_overlap(maps, res, areas, mask_threshold, overlap, strict=strict), maps
 
 
 def _check_thresholds(threshold: float, mask_threshold: float, overlap: float) -> None:

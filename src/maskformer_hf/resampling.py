@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -54,10 +55,17 @@ class Resampling:
     row_count: Tensor
     col_start: Tensor
     col_count: Tensor
+    source_size: tuple[int, int] = (0, 0)
+    extent: tuple[float, float] = (0.0, 0.0)
 
     @property
     def target_size(self) -> tuple[int, int]:
         return self.y0.numel(), self.x0.numel()
+
+    @property
+    def pixels_per_cell(self) -> float:
+        """Mean target pixels per low-resolution cell (the upsampling ratio)."""
+        return self.y0.numel() * self.x0.numel() / max(1, self.source_size[0] * self.source_size[1])
 
 
 def _axis(n: int, extent: float, size: int, device: torch.device) -> tuple[Tensor, ...]:
@@ -82,7 +90,7 @@ def resampling(source_size: tuple[int, int], target_size: tuple[int, int], exten
     eh, ew = extent if extent is not None else (float(n), float(m))
     y0, y1, wy, rs, rc = _axis(n, eh, int(target_size[0]), torch.device(device))
     x0, x1, wx, cs, cc = _axis(m, ew, int(target_size[1]), torch.device(device))
-    return Resampling(y0, y1, wy, x0, x1, wx, rs, rc, cs, cc)
+    return Resampling(y0, y1, wy, x0, x1, wx, rs, rc, cs, cc, (n, m), (float(eh), float(ew)))
 
 
 def valid_region(mask_size: tuple[int, int], pixel_mask: Tensor | None) -> tuple[tuple[int, int], tuple[float, float]]:
@@ -142,6 +150,19 @@ def resample_dense(values: Tensor, res: Resampling) -> Tensor:
     return rows[..., res.x0] * (1 - wx) + rows[..., res.x1] * wx
 
 
+def interpolate(values: Tensor, res: Resampling) -> Tensor:
+    """Every target pixel of `values` `(B, C, n, m)` -> `(B, C, T_h, T_w)` with ``F.interpolate``
+    (bilinear, half-pixel centres): the fast kernel, with the valid extent honoured through its
+    scale factor. Equals :func:`resample_dense` up to float rounding (about 1e-7)."""
+    (n, m), (eh, ew), (th, tw) = res.source_size, res.extent, res.target_size
+    values = values[..., :n, :m]
+    if (eh, ew) == (float(n), float(m)):
+        return F.interpolate(values, size=(th, tw), mode="bilinear", align_corners=False)
+    out = F.interpolate(values, scale_factor=(th / eh, tw / ew), mode="bilinear", align_corners=False,
+                        recompute_scale_factor=False)
+    return out[..., :th, :tw]
+
+
 @dataclass
 class CellGrid:
     """The target pixels of `A` cells `(A, 3)` (image, row, column) as a padded `(A, R, W)` grid:
@@ -196,10 +217,12 @@ def _pixels_per_cell(res: Resampling) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Assignment:
-    """Per-pixel argmax over channels: settled cells `(B, n, m)` plus exactly evaluated pixels.
+    """Per-pixel argmax over channels: settled cells `(B, n, m)` plus exactly evaluated pixels, or
+    (from :func:`dense_argmax`) every pixel's winner.
 
     ``cell_label``: winning channel of each cell (-1 = no channel, meaningful where ``settled``);
-    ``image``/``rows``/``cols``/``label`` `(P,)`: the pixels of unsettled cells and their winners.
+    ``image``/``rows``/``cols``/``label`` `(P,)`: the pixels of unsettled cells and their winners;
+    ``full``: `(B, T_h, T_w)` winners of every pixel (then the cell fields are unused).
     """
 
     cell_label: Tensor
@@ -208,9 +231,20 @@ class Assignment:
     rows: Tensor
     cols: Tensor
     label: Tensor
+    full: Tensor | None = None
+
+    @classmethod
+    def dense(cls, labels: Tensor) -> "Assignment":
+        empty = labels.new_zeros(0)
+        return cls(empty, empty.bool(), empty, empty, empty, empty, full=labels)
 
     def areas(self, res: Resampling, num_channels: int) -> Tensor:
         """Pixels won by each channel: `(B, num_channels)` int64."""
+        if self.full is not None:
+            batch = self.full.shape[0]
+            offset = torch.arange(0, batch * num_channels, num_channels, device=self.full.device)[:, None, None]
+            flat = (self.full + offset).masked_fill_(self.full < 0, batch * num_channels)  # -1: a spare bin
+            return torch.bincount(flat.view(-1), minlength=batch * num_channels + 1)[:-1].view(batch, num_channels)
         batch = self.cell_label.shape[0]
         npix = _pixels_per_cell(res).expand_as(self.cell_label)
         keep = self.settled & (self.cell_label >= 0)
@@ -223,10 +257,15 @@ class Assignment:
 
     def paint(self, res: Resampling, lut: Tensor | None = None, fill: int = -1) -> Tensor:
         """The `(B, T_h, T_w)` maps of winners, through `lut` `(B, C)` when given (-1 -> `fill`)."""
-        cell, label = self.cell_label, self.label
         if lut is not None:
             width = lut.shape[1] + 1
             lut = torch.cat([lut, lut.new_full((lut.shape[0], 1), fill)], 1)  # column C: -1 -> fill
+        if self.full is not None:
+            if lut is None:
+                return self.full.clone()
+            return lut.gather(1, (self.full % width).flatten(1)).view(self.full.shape)
+        cell, label = self.cell_label, self.label
+        if lut is not None:
             cell = lut.gather(1, (cell % width).flatten(1)).view(cell.shape)
             label = lut[self.image, label % width]
         out = cell.index_select(1, res.y0).index_select(2, res.x0)
@@ -234,8 +273,84 @@ class Assignment:
         return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Dense evaluation: every pixel of every channel, through the interpolation kernel, in chunks
+# ---------------------------------------------------------------------------------------------
+DENSE_CHUNK = 1 << 22  # interpolated floats held at once (16 MB): memory is bounded by it, not by C x H x W
+EXACT_COST = 12  # one exactly evaluated (pixel, channel) of the cell path costs about this many dense ones
+
+
+def dense_argmax(values: Tensor, res: Resampling, weights: Tensor | None = None, on_threshold: float | None = None,
+                 count_threshold: float | None = None, strict: bool = False) -> tuple[Assignment, Tensor | None]:
+    """:func:`resampled_argmax` by evaluating every pixel of every channel (with :func:`interpolate`),
+    a chunk of channels at a time (a running maximum; ties go to the lowest channel).
+
+    Args:
+        values: `(B, C, n, m)` maps; weights, on_threshold: as :func:`resampled_argmax`.
+        count_threshold: also count, per channel, the target pixels `>= count_threshold`
+            (`>` if `strict`), as :func:`resampled_count`, from the same interpolation.
+    Returns:
+        the dense :class:`Assignment` and the `(B, C)` int64 counts (None without `count_threshold`).
+    """
+    batch, channels = values.shape[:2]
+    th, tw = res.target_size
+    chunk = max(1, DENSE_CHUNK // max(1, batch * th * tw))
+    best = index = None
+    counts = []
+    for start in range(0, channels, chunk):
+        # channels-last: the interpolation kernel is as fast, and the reduction over channels runs on
+        # contiguous memory (2-3x faster than over a strided channel axis)
+        part = values[:, start:start + chunk].contiguous(memory_format=torch.channels_last)
+        v = interpolate(part, res).permute(0, 2, 3, 1)  # (B, T_h, T_w, c), contiguous
+        if count_threshold is not None:
+            hits = torch.empty_like(v)
+            (torch.gt if strict else torch.ge)(v, count_threshold, out=hits)  # float 0/1: sums fast
+            counts.append(hits.view(batch, th * tw, -1).sum(1).round().long())
+            del hits
+        off = v <= on_threshold if on_threshold is not None else None
+        if weights is not None:
+            v.mul_(weights[:, None, None, start:start + chunk])
+        if off is not None:
+            v.masked_fill_(off, -1.0)
+        top, pick = v.max(-1)  # (B, T_h, T_w)
+        if best is None:
+            best, index = top, pick
+        else:
+            better = top > best  # strict: an earlier channel keeps a tie, as torch.argmax
+            best = torch.where(better, top, best)
+            index = torch.where(better, pick + start, index)
+    if on_threshold is not None:
+        index = index.masked_fill(best < 0, -1)
+    return Assignment.dense(index), (torch.cat(counts, 1) if counts else None)
+
+
+def dense_above(values: Tensor, res: Resampling, threshold: float) -> Tensor:
+    """:func:`resampled_above` by evaluating every pixel: `(B, C, T_h, T_w)` bool."""
+    batch, channels = values.shape[:2]
+    th, tw = res.target_size
+    chunk = max(1, DENSE_CHUNK // max(1, batch * th * tw))
+    return torch.cat([interpolate(values[:, s:s + chunk], res) > threshold for s in range(0, channels, chunk)]
+                     or [values.new_zeros((batch, 0, th, tw), dtype=torch.bool)], 1)
+
+
+DENSE_SMALL = 1 << 20  # below this many (pixel, channel) values, dense evaluation beats the bounds' overhead
+
+
+def prefers_dense(batch: int, channels: int, res: Resampling) -> bool:
+    """Dense evaluation without per-cell bounds: for small work, or where cells hold few target
+    pixels (the bounds then settle little and cost as much as evaluating)."""
+    th, tw = res.target_size
+    return batch * channels * th * tw <= DENSE_SMALL or res.pixels_per_cell <= 2.0
+
+
+def overlap_keep(areas: Tensor, own: Tensor, overlap: float) -> Tensor:
+    """Channels whose own mask `own` `(B, C)` is non-empty and whose won `areas` are at least
+    `overlap` of it: `(B, C)` bool."""
+    return (own > 0) & (areas / own.clamp(min=1) >= overlap)
+
+
 def resampled_argmax(maps: CellMaps, res: Resampling, weights: Tensor | None = None,
-                     on_threshold: float | None = None) -> Assignment:
+                     on_threshold: float | None = None, give_up: bool = False) -> Assignment | None:
     """Per target pixel, the channel maximising `weights[c] * v_c`, `v_c` resampled from `maps`.
 
     Args:
@@ -243,6 +358,8 @@ def resampled_argmax(maps: CellMaps, res: Resampling, weights: Tensor | None = N
         weights: `(B, C)` non-negative factors (default 1).
         on_threshold: if given, channel `c` only competes where `v_c > on_threshold`; pixels where
             no channel does get -1.
+        give_up: return None when the bounds leave so many (pixel, candidate) pairs to evaluate
+            that :func:`dense_argmax` is cheaper (noisy maps, many competing channels).
     Ties go to the lowest channel index, as ``torch.argmax``.
     """
     high, low = maps.high, maps.low  # (B, n, m, C)
@@ -263,7 +380,12 @@ def resampled_argmax(maps: CellMaps, res: Resampling, weights: Tensor | None = N
         ncand = candidate.sum(-1)
         settled = (ncand == 0) | ((ncand == 1) & (best_lower >= 0))  # nobody, or one that is surely on
         cell_label = torch.where(ncand == 0, torch.full_like(best, -1), best)
-    settled |= _pixels_per_cell(res) == 0
+    npix = _pixels_per_cell(res)
+    settled |= npix == 0
+    if give_up:
+        exact = int((npix * ncand).masked_fill(settled, 0).sum())
+        if exact * EXACT_COST > maps.num_channels * npix.sum() * ncand.shape[0]:
+            return None
     # Unsettled cells, evaluated pixel by pixel for their candidates only: most have two, so those
     # are done apart from the few with more (k = the group's largest count, padded with -inf).
     parts = []
