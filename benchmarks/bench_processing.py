@@ -16,8 +16,9 @@ Post-processing cells (semantic, panoptic and instance rules on each; 100 querie
 * real outputs: the ``make demo`` checkpoint on its own validation images (skipped with a note when
   ``demo_output/model`` is missing), and a randomly initialised transformers MaskFormer (Swin-T)
   converted to ours on natural-looking synthetic scenes. A random model's classes are never
-  confident, so its panoptic and instance cells run with ``threshold=0``: every query that does not
-  predict "no object" competes (the hardest input for both implementations).
+  confident: at the default threshold its panoptic and instance outputs are empty (a measure of
+  overhead), so a second cell runs them with ``threshold=0``, where every query that does not
+  predict "no object" competes with white-noise-like masks (the hardest input for both).
 
 Pre-processing cells: 8 RGB images of 480x640 at ``shortest_edge`` 512 or 800 (longest edge 1333),
 with and without label maps; maps of 5, 15 or 100 regions; ADE-style semantic maps with
@@ -168,7 +169,8 @@ POST_CELLS: dict[str, dict] = {
     "1024x2048 overlapping": {"mask": (256, 512), "target": (1024, 2048), "batch": 2, "layout": "overlap"},
     "mixed sizes, padded": {"mask": (128, 160), "mixed": True},
     "demo checkpoint, val images": {"source": "demo"},
-    "transformers Swin-T (random), scenes": {"source": "transformers", "threshold": 0.0},
+    "transformers Swin-T (random), scenes": {"source": "transformers"},
+    "transformers Swin-T (random), threshold 0": {"source": "transformers", "threshold": 0.0},
 }
 PRE_CELLS: dict[str, dict] = {
     "512, semantic maps (15 regions)": {"shortest_edge": 512, "maps": "semantic", "regions": 15, "reduce": True},

@@ -158,7 +158,13 @@ def interpolate(values: Tensor, res: Resampling) -> Tensor:
     values = values[..., :n, :m]
     if (eh, ew) == (float(n), float(m)):
         return F.interpolate(values, size=(th, tw), mode="bilinear", align_corners=False)
-    out = F.interpolate(values, scale_factor=(th / eh, tw / ew), mode="bilinear", align_corners=False,
+    # The kernel makes floor(n * scale) rows; where that falls short of the target (an extent just
+    # above the crop), one replicated source row/column supplies the last ones, as clamping does.
+    scale_h, scale_w = th / eh, tw / ew
+    short_h, short_w = math.floor(n * scale_h) < th, math.floor(m * scale_w) < tw  # the kernel's own rounding
+    if short_h or short_w:
+        values = F.pad(values, (0, int(short_w), 0, int(short_h)), mode="replicate")
+    out = F.interpolate(values, scale_factor=(scale_h, scale_w), mode="bilinear", align_corners=False,
                         recompute_scale_factor=False)
     return out[..., :th, :tw]
 
@@ -301,7 +307,7 @@ def dense_argmax(values: Tensor, res: Resampling, weights: Tensor | None = None,
         # channels-last: the interpolation kernel is as fast, and the reduction over channels runs on
         # contiguous memory (2-3x faster than over a strided channel axis)
         part = values[:, start:start + chunk].contiguous(memory_format=torch.channels_last)
-        v = interpolate(part, res).permute(0, 2, 3, 1)  # (B, T_h, T_w, c), contiguous
+        v = interpolate(part, res).permute(0, 2, 3, 1).contiguous()  # (B, T_h, T_w, c); a copy only after a crop
         if count_threshold is not None:
             hits = torch.empty_like(v)
             (torch.gt if strict else torch.ge)(v, count_threshold, out=hits)  # float 0/1: sums fast
@@ -334,13 +340,14 @@ def dense_above(values: Tensor, res: Resampling, threshold: float) -> Tensor:
 
 
 DENSE_SMALL = 1 << 20  # below this many (pixel, channel) values, dense evaluation beats the bounds' overhead
+DENSE_PIXELS_PER_CELL = 2.0  # at or below this upsampling ratio, the bounds settle too little to pay
 
 
 def prefers_dense(batch: int, channels: int, res: Resampling) -> bool:
     """Dense evaluation without per-cell bounds: for small work, or where cells hold few target
     pixels (the bounds then settle little and cost as much as evaluating)."""
     th, tw = res.target_size
-    return batch * channels * th * tw <= DENSE_SMALL or res.pixels_per_cell <= 2.0
+    return batch * channels * th * tw <= DENSE_SMALL or res.pixels_per_cell <= DENSE_PIXELS_PER_CELL
 
 
 def overlap_keep(areas: Tensor, own: Tensor, overlap: float) -> Tensor:
