@@ -5,6 +5,7 @@ torchvision backend) over a matrix of inputs, in one run on CPU, at 1 and 2 thre
     python benchmarks/bench_processing.py                 # the whole matrix (about 15 minutes here)
     python benchmarks/bench_processing.py --repeats 3 --threads 2 --cells noisy smooth
     python benchmarks/bench_processing.py --list          # the cells
+    python benchmarks/bench_processing.py --quick         # every cell at 1/8 of its size, once (a smoke test)
 
 Post-processing cells (semantic, panoptic and instance rules on each; 100 queries):
 
@@ -75,12 +76,12 @@ def voronoi_ids(height: int, width: int, regions: int, rng: np.random.Generator)
     return np.argmin(dist, axis=0)
 
 
-def pre_inputs(cell: dict, seed: int = 0) -> tuple[list, Any, Any, dict]:
-    """(images, our maps, transformers' maps, settings) for a pre-processing cell."""
+def pre_inputs(cell: dict, seed: int = 0, scale: int = 1) -> tuple[list, Any, Any, dict]:
+    """(images, our maps, transformers' maps, settings) for a pre-processing cell (sizes divided by `scale`)."""
     rng = np.random.default_rng(seed)
-    sizes = cell.get("sizes", [(480, 640)] * 8)
+    sizes = [(h // scale, w // scale) for h, w in cell.get("sizes", [(480, 640)] * 8)][: 8 // scale or 1]
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-    size = {"shortest_edge": cell["shortest_edge"], "longest_edge": 1333}
+    size = {"shortest_edge": cell["shortest_edge"] // scale, "longest_edge": 1333 // scale}
     if not cell["maps"]:
         return images, None, None, {"size": size}
     ours, theirs, mappings = [], [], []
@@ -103,7 +104,7 @@ def pre_inputs(cell: dict, seed: int = 0) -> tuple[list, Any, Any, dict]:
     return images, ours, theirs, settings
 
 
-def real_outputs(source: str) -> tuple[Any, list[tuple[int, int]]] | None:
+def real_outputs(source: str, scale: int = 1) -> tuple[Any, list[tuple[int, int]]] | None:
     """(outputs, target sizes) of a real model on images, or None when its checkpoint is missing."""
     from PIL import Image
 
@@ -126,8 +127,9 @@ def real_outputs(source: str) -> tuple[Any, list[tuple[int, int]]] | None:
 
         torch.manual_seed(0)
         model = convert_from_transformers(MaskFormerForInstanceSegmentation(HFConfig()).eval()).eval()
-        processor = MaskFormerImageProcessor(size={"shortest_edge": 384, "longest_edge": 1333})
-        images = [generate_example(np.random.default_rng((3, i)), size=384)[0] for i in range(4)]
+        side = max(64, 384 // scale)
+        processor = MaskFormerImageProcessor(size={"shortest_edge": side, "longest_edge": 1333})
+        images = [generate_example(np.random.default_rng((3, i)), size=side)[0] for i in range(4 if scale == 1 else 1)]
     batch = processor(images)
     with torch.no_grad():
         out = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
@@ -136,8 +138,11 @@ def real_outputs(source: str) -> tuple[Any, list[tuple[int, int]]] | None:
     return outputs, [tuple(np.asarray(image).shape[:2]) for image in images]
 
 
-def synthetic_outputs(cell: dict) -> tuple[Any, list[tuple[int, int]]]:
+def synthetic_outputs(cell: dict, scale: int = 1) -> tuple[Any, list[tuple[int, int]]]:
     batch, target, mask = cell.get("batch", 8), cell.get("target", (480, 640)), cell.get("mask", (128, 128))
+    if scale > 1:
+        batch = 4 if cell.get("mixed") else min(batch, 2)
+        target, mask = (target[0] // scale, target[1] // scale), (max(8, mask[0] // scale), max(8, mask[1] // scale))
     class_logits, mask_logits = fake_segmentation_outputs(batch, 100, cell.get("classes", 150), mask,
                                                           cell.get("confident", 25), noise=cell.get("noise", 0.5),
                                                           layout=cell.get("layout", "partition"))
@@ -145,7 +150,8 @@ def synthetic_outputs(cell: dict) -> tuple[Any, list[tuple[int, int]]]:
     outputs = SimpleNamespace(class_queries_logits=class_logits.to(dtype), masks_queries_logits=mask_logits.to(dtype))
     sizes = [target] * batch
     if cell.get("mixed"):  # a padded batch: images of different sizes, 4x the mask size, bottom/right padded
-        valid = [(128, 160), (96, 160), (128, 96), (72, 128)] * (batch // 4)
+        valid = [(h * mask[0] // 128, w * mask[1] // 160) for h, w in ((128, 160), (96, 160), (128, 96), (72, 128))]
+        valid = valid * (batch // 4)
         outputs.pixel_mask = torch.zeros(batch, 4 * mask[0], 4 * mask[1], dtype=torch.int64)
         for i, (h, w) in enumerate(valid):
             outputs.pixel_mask[i, : 4 * h, : 4 * w] = 1
@@ -240,8 +246,8 @@ def post_runs(outputs: Any, sizes: list, threshold: float | None) -> dict[str, t
     }
 
 
-def pre_runs(cell: dict) -> tuple[Callable, Callable]:
-    images, ours_maps, theirs_maps, settings = pre_inputs(cell)
+def pre_runs(cell: dict, scale: int = 1) -> tuple[Callable, Callable]:
+    images, ours_maps, theirs_maps, settings = pre_inputs(cell, scale=scale)
     mapping = settings.pop("instance_id_to_semantic_id", None)
     ours, theirs = MaskFormerImageProcessor(**settings), ReferenceProcessor(**settings)
     return (lambda: ours(images, segmentation_maps=ours_maps, instance_id_to_semantic_id=mapping),
@@ -261,6 +267,26 @@ def summary(rows: list[dict], threads: list[int]) -> list[str]:
     return lines
 
 
+def markdown(rows: list[dict], threads: list[int]) -> str:
+    """The matrix as a Markdown table (per call: transformers / ours, speed-up; peak memory)."""
+    head = "| input | task | " + " | ".join(f"{t} thread{'s' * (t > 1)}: transformers / ours, speed-up" for t in threads)
+    head += " | peak MB, transformers / ours | agreement |"
+    lines = [head, "|" + "---|" * (4 + len(threads))]
+    for r in rows:
+        cells = [f"{r['median_s'][str(t)]['transformers'] * 1e3:.1f} / {r['median_s'][str(t)]['ours'] * 1e3:.1f} ms, "
+                 f"**{r['speedup'][str(t)]:.2f}×**" for t in threads]
+        peak = f"{r['peak_mb']['transformers']:.0f} / {r['peak_mb']['ours']:.0f}" if "peak_mb" in r else "–"
+        if "agreement" in r:
+            note = f"{r['agreement']:.4%} pixels equal"
+        elif "segments" in r:
+            note = f"segments {r['segments'][1]} / {r['segments'][0]}"
+        else:
+            note = f"pixel_values ≤ {r['pixel_values_max_diff']:.1e}" + (
+                f", labels equal: {r['labels_equal']}" if "labels_equal" in r else "")
+        lines.append(f"| {r['cell']} | {r['task']} | " + " | ".join(cells) + f" | {peak} | {note} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -269,12 +295,17 @@ def main() -> None:
     parser.add_argument("--no-pre", action="store_true", help="skip the pre-processing cells")
     parser.add_argument("--no-post", action="store_true", help="skip the post-processing cells")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
+    parser.add_argument("--quick", action="store_true", help="every cell at 1/8 of its size, timed once (smoke test)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/processing.json"))
     args = parser.parse_args()
     if args.list:
         print("post-processing:", *POST_CELLS, sep="\n  ")
         print("pre-processing:", *PRE_CELLS, sep="\n  ")
         return
+
+    scale = 8 if args.quick else 1
+    if args.quick:
+        args.repeats = 1
 
     def chosen(name: str) -> bool:
         return args.cells is None or any(c in name for c in args.cells)
@@ -286,7 +317,7 @@ def main() -> None:
         for name, cell in (POST_CELLS.items() if not args.no_post else ()):
             if not chosen(name):
                 continue
-            made = real_outputs(cell["source"]) if "source" in cell else synthetic_outputs(cell)
+            made = real_outputs(cell["source"], scale) if "source" in cell else synthetic_outputs(cell, scale)
             if made is None:
                 print(f"{name}: skipped (no demo checkpoint; `make demo` trains one)")
                 continue
@@ -315,7 +346,7 @@ def main() -> None:
         for name, cell in (PRE_CELLS.items() if not args.no_pre else ()):
             if not chosen(name):
                 continue
-            ours, theirs = pre_runs(cell)
+            ours, theirs = pre_runs(cell, scale)
             a, b = ours(), theirs()
             row = {"cell": name, "task": "preprocess", "images": len(a["pixel_values"]), "speedup": {}, "median_s": {},
                    "pixel_values_max_diff": float((a["pixel_values"] - b["pixel_values"]).abs().max())}
@@ -333,7 +364,10 @@ def main() -> None:
     print("\n(times: transformers / ours, per call)")
     lines = summary(rows, args.threads)
     print("\n".join(lines))
+    table = markdown(rows, args.threads)
+    print("\n" + table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".md").write_text(table + "\n\n" + "\n".join(lines) + "\n")
     args.output.write_text(json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                        "torch": torch.__version__, "rows": rows, "summary": lines}, indent=2))
     print(f"\nwrote {args.output}")

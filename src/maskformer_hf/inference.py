@@ -237,7 +237,8 @@ def instance_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
         candidates = torch.arange(width, device=hopeful.device) < hopeful[:, None]  # (G, width)
         query, label = top_index[index, :width] // num_labels, top_index[index, :width] % num_labels
         logits = masks_queries_logits[index[:, None], query, :n, :m].float()  # (G, width, n, m)
-        binary, probs = logits > cut, logits.sigmoid()
+        binary = torch.gt(logits, cut, out=torch.empty_like(logits))  # float 0/1: sums 3x faster than bool
+        probs = logits.sigmoid()
         mask_score = (probs * binary).flatten(2).sum(2) / (binary.flatten(2).sum(2) + 1e-6)
         score = (top_scores[index, :width] * mask_score).masked_fill(~candidates, -1.0)
         kept = (score >= threshold).sum(1)

@@ -430,10 +430,11 @@ def _evaluate_cells(maps: CellMaps, res: Resampling, cells: Tensor, candidate: T
 
 
 def resampled_count(maps: CellMaps, res: Resampling, threshold: float, strict: bool = False,
-                    channels: Tensor | None = None) -> Tensor:
+                    channels: Tensor | None = None, bounds: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Target pixels where each resampled map is `>= threshold` (`>` if `strict`): `(B, C)` int64.
-    With `channels` `(B, C)` bool, only those are counted exactly (the others get their lower bound)."""
-    lower, straddle = _count_bounds(maps, res, threshold)
+    With `channels` `(B, C)` bool, only those are counted exactly (the others get their lower bound);
+    `bounds`: :func:`_count_bounds`'s result for this threshold, when already computed."""
+    lower, straddle = bounds if bounds is not None else _count_bounds(maps, res, threshold)
     if channels is not None:
         straddle = straddle & channels[:, None, None, :]
     pairs = straddle.nonzero()  # (S, 4): image, row, column, channel
@@ -456,7 +457,8 @@ def _count_bounds(maps: CellMaps, res: Resampling, threshold: float) -> tuple[Te
 def _cells_total(cells: Tensor, npix: Tensor) -> Tensor:
     """Target pixels of the flagged cells `(B, n, m, C)` bool, per image and channel: `(B, C)`."""
     batch, num = cells.shape[0], cells.shape[-1]
-    total = npix.view(1, 1, -1).double() @ cells.view(batch, -1, num).double()  # (B, 1, C)
+    dtype = torch.float32 if int(npix.sum()) < 1 << 24 else torch.float64  # integer sums stay exact
+    total = npix.view(1, 1, -1).to(dtype) @ cells.view(batch, -1, num).to(dtype)  # (B, 1, C)
     return total[:, 0].round().long()
 
 
@@ -465,14 +467,14 @@ def keep_by_overlap(maps: CellMaps, res: Resampling, areas: Tensor, threshold: f
     """Channels whose own mask (resampled map `>= threshold`, `>` if `strict`) is non-empty and
     whose won `areas` `(B, C)` are at least `overlap` of it: `(B, C)` bool. Own masks are counted
     exactly only for channels that the per-cell bounds on their size leave undecided."""
-    lower, straddle = _count_bounds(maps, res, threshold)
+    bounds = lower, straddle = _count_bounds(maps, res, threshold)
     upper = lower + _cells_total(straddle, _pixels_per_cell(res))
     surely = (lower > 0) & (areas / upper.clamp(min=1) >= overlap)  # own <= upper
     surely_not = (upper == 0) | ((lower > 0) & (areas / lower.clamp(min=1) < overlap))  # own >= lower
     undecided = ~surely & ~surely_not
     if not bool(undecided.any()):
         return surely
-    own = resampled_count(maps, res, threshold, strict, channels=undecided)
+    own = resampled_count(maps, res, threshold, strict, channels=undecided, bounds=bounds)
     return surely | (undecided & (own > 0) & (areas / own.clamp(min=1) >= overlap))
 
 
