@@ -29,7 +29,7 @@ mapping and void id 0 as ``ignore_index`` (transformers gets the decoded id map,
 itself); and a batch of mixed sizes.
 
 Per cell and thread count the two implementations run interleaved (ours, theirs, ...), one warm-up
-each, and the table reports medians. Peak memory: the resident set's growth during one call (reset
+each, and the table reports medians (of more calls for fast cells: about 0.5 s per side). Peak memory: the resident set's growth during one call (reset
 through ``/proc/self/clear_refs`` after ``malloc_trim``). Semantic agreement is printed per cell. Run
 it on an idle machine: anything else on the cores shifts the ratio.
 """
@@ -219,7 +219,14 @@ def peak_extra_memory(fn: Callable[[], Any]) -> float | None:
     return _rss("VmHWM") - before
 
 
-def interleaved(ours: Callable, theirs: Callable, repeats: int) -> dict[str, float]:
+def interleaved(ours: Callable, theirs: Callable, repeats: int, min_seconds: float = 0.5) -> dict[str, float]:
+    """Medians of interleaved calls: `repeats` each, more for fast calls (until about `min_seconds`
+    per side, at most 60), whose medians are otherwise at the mercy of a few noisy calls."""
+    start = time.perf_counter()
+    ours()
+    theirs()
+    pair = time.perf_counter() - start
+    repeats = max(repeats, min(60, int(2 * min_seconds / max(pair, 1e-6))))
     times: dict[str, list[float]] = {"ours": [], "transformers": []}
     for _ in range(repeats):
         for key, fn in (("ours", ours), ("transformers", theirs)):

@@ -297,27 +297,37 @@ def dense_argmax(values: Tensor, res: Resampling, weights: Tensor | None = None,
             (`>` if `strict`), as :func:`resampled_count`, from the same interpolation.
     Returns:
         the dense :class:`Assignment` and the `(B, C)` int64 counts (None without `count_threshold`).
+
+    The weights multiply the low-resolution maps before interpolating (bilinear sampling is linear),
+    and the thresholds are compared with ``weights * threshold``: both agree with weighting after
+    sampling up to float rounding. With `on_threshold`, a channel whose weight is 0 never competes.
     """
     batch, channels = values.shape[:2]
     th, tw = res.target_size
     chunk = max(1, DENSE_CHUNK // max(1, batch * th * tw))
+    if weights is not None:
+        values = values * weights[:, :, None, None]
     best = index = None
     counts = []
     for start in range(0, channels, chunk):
+        stop = min(channels, start + chunk)
         # channels-last: the interpolation kernel is as fast, and the reduction over channels runs on
         # contiguous memory (2-3x faster than over a strided channel axis)
-        part = values[:, start:start + chunk].contiguous(memory_format=torch.channels_last)
+        part = values[:, start:stop].contiguous(memory_format=torch.channels_last)
         v = interpolate(part, res).permute(0, 2, 3, 1).contiguous()  # (B, T_h, T_w, c); a copy only after a crop
+
+        def scaled(threshold: float) -> Tensor | float:
+            return threshold if weights is None else weights[:, None, None, start:stop] * threshold
+
+        hits = None
         if count_threshold is not None:
             hits = torch.empty_like(v)
-            (torch.gt if strict else torch.ge)(v, count_threshold, out=hits)  # float 0/1: sums fast
+            (torch.gt if strict else torch.ge)(v, scaled(count_threshold), out=hits)  # float 0/1: sums fast
             counts.append(hits.view(batch, th * tw, -1).sum(1).round().long())
-            del hits
-        off = v <= on_threshold if on_threshold is not None else None
-        if weights is not None:
-            v.mul_(weights[:, None, None, start:start + chunk])
-        if off is not None:
-            v.masked_fill_(off, -1.0)
+        if on_threshold is not None:
+            if hits is None or not strict or count_threshold != on_threshold:
+                hits = torch.gt(v, scaled(on_threshold), out=torch.empty_like(v))
+            v.mul_(hits)  # off: 0; on: the weighted value (> 0), untouched
         top, pick = v.max(-1)  # (B, T_h, T_w)
         if best is None:
             best, index = top, pick
@@ -326,7 +336,7 @@ def dense_argmax(values: Tensor, res: Resampling, weights: Tensor | None = None,
             best = torch.where(better, top, best)
             index = torch.where(better, pick + start, index)
     if on_threshold is not None:
-        index = index.masked_fill(best < 0, -1)
+        index = index.masked_fill(best <= 0, -1)  # no channel on
     return Assignment.dense(index), (torch.cat(counts, 1) if counts else None)
 
 
