@@ -423,7 +423,7 @@ class MaskFormerImageProcessor(BaseImageProcessor):
                                      f"{tuple(image.shape[-2:])}")
         mappings = _per_image(instance_id_to_semantic_id, len(image_list))
 
-        # Resize, grouped by size so that same-sized images go through one batched call.
+        # Resize (label maps grouped by size, so that same-sized maps go through one batched call).
         if s["do_resize"]:
             groups: dict[tuple, list[int]] = {}
             for i, image in enumerate(image_list):
@@ -432,11 +432,10 @@ class MaskFormerImageProcessor(BaseImageProcessor):
                 new_size = resize_output_size(height, width, size, s["size_divisor"])
                 if new_size == (height, width):
                     continue
-                stacked = torch.stack([image_list[i] for i in members])
-                resized = tvF.resize(stacked, list(new_size), interpolation=_RESAMPLE[resample],
-                                     antialias=True)
-                for j, i in enumerate(members):
-                    image_list[i] = resized[j]
+                for i in members:  # one by one: an HWC image's channels-last view takes the fast uint8
+                    # kernel (3x faster than a stacked, contiguous batch)
+                    image_list[i] = tvF.resize(image_list[i], list(new_size), interpolation=_RESAMPLE[resample],
+                                               antialias=True)
                 if map_list is not None:
                     _resize_label_maps(map_list, members, new_size)
 
