@@ -236,6 +236,19 @@ def interleaved(ours: Callable, theirs: Callable, repeats: int, min_seconds: flo
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def time_row(row: dict, ours: Callable, theirs: Callable, threads: list[int], repeats: int) -> dict:
+    """Fill `row` with the medians and speed-ups at each thread count (and a printable ``line``)."""
+    for t in threads:
+        torch.set_num_threads(t)
+        median = interleaved(ours, theirs, repeats)
+        row["median_s"][str(t)] = median
+        row["speedup"][str(t)] = median["transformers"] / median["ours"]
+    row["line"] = " ".join(f"{t}t: {row['median_s'][str(t)]['transformers'] * 1e3:7.1f} / "
+                           f"{row['median_s'][str(t)]['ours'] * 1e3:7.1f} ms = {row['speedup'][str(t)]:5.2f}x"
+                           for t in threads)
+    return row
+
+
 def semantic_agreement(ours: list, theirs: list) -> float:
     return sum(int((a == b).sum()) for a, b in zip(ours, theirs)) / sum(a.numel() for a in ours)
 
@@ -346,16 +359,9 @@ def main() -> None:
                                        sum(len(r["segments_info"]) for r in first_theirs)]
                 row["peak_mb"] = {"ours": (peak_extra_memory(ours) or 0) / 2**20,
                                   "transformers": (peak_extra_memory(theirs) or 0) / 2**20}
-                for t in args.threads:
-                    torch.set_num_threads(t)
-                    median = interleaved(ours, theirs, args.repeats)
-                    row["median_s"][str(t)] = median
-                    row["speedup"][str(t)] = median["transformers"] / median["ours"]
-                rows.append(row)
-                print(f"{name:<40} {task:<9} " + " ".join(
-                    f"{t}t: {row['median_s'][str(t)]['transformers'] * 1e3:7.1f} / {row['median_s'][str(t)]['ours'] * 1e3:7.1f} ms "
-                    f"= {row['speedup'][str(t)]:5.2f}x" for t in args.threads)
-                    + f"  peak MB {row['peak_mb']['transformers']:.0f} / {row['peak_mb']['ours']:.0f}", flush=True)
+                rows.append(time_row(row, ours, theirs, args.threads, args.repeats))
+                print(f"{name:<40} {task:<9} {row['line']}  peak MB {row['peak_mb']['transformers']:.0f} / "
+                      f"{row['peak_mb']['ours']:.0f}", flush=True)
         for name, cell in (PRE_CELLS.items() if not args.no_pre else ()):
             if not chosen(name):
                 continue
@@ -365,15 +371,8 @@ def main() -> None:
                    "pixel_values_max_diff": float((a["pixel_values"] - b["pixel_values"]).abs().max())}
             if "mask_labels" in a:
                 row["labels_equal"] = all(torch.equal(x, y) for x, y in zip(a["class_labels"], b["class_labels"]))
-            for t in args.threads:
-                torch.set_num_threads(t)
-                median = interleaved(ours, theirs, args.pre_repeats)
-                row["median_s"][str(t)] = median
-                row["speedup"][str(t)] = median["transformers"] / median["ours"]
-            rows.append(row)
-            print(f"{name:<40} {'pre':<9} " + " ".join(
-                f"{t}t: {row['median_s'][str(t)]['transformers'] * 1e3:7.1f} / {row['median_s'][str(t)]['ours'] * 1e3:7.1f} ms "
-                f"= {row['speedup'][str(t)]:5.2f}x" for t in args.threads), flush=True)
+            rows.append(time_row(row, ours, theirs, args.threads, args.pre_repeats))
+            print(f"{name:<40} {'pre':<9} {row['line']}", flush=True)
     print("\n(times: transformers / ours, per call)")
     lines = summary(rows, args.threads)
     print("\n".join(lines))

@@ -19,6 +19,10 @@ mask is surely above / below its threshold). Only the remaining pixels - region 
 evaluated exactly, and only for their candidate channels, with the arithmetic of
 :func:`resample_dense`; results equal evaluating every pixel. Maps come in batches `(B, C, n, m)`
 of images that share one :class:`Resampling`.
+
+Where the bounds do not pay (small work, noisy maps with many competitors), :func:`dense_argmax`
+evaluates every pixel with the interpolation kernel, in bounded chunks; :func:`prefers_dense` and
+``resampled_argmax(..., give_up=True)`` make the choice. The two agree up to float rounding.
 """
 
 from __future__ import annotations
