@@ -25,7 +25,6 @@ before it. Set-up time
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import platform
 import statistics
@@ -43,31 +42,7 @@ from maskformer_hf.optimize import MODES, _cpu_name, mode_available, optimize
 from maskformer_hf.precision import cpu_supports_bf16
 
 from bench_forward import BACKBONES  # the same Swin-T and R50 configs (this folder is on sys.path)
-
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-except OSError:
-    _LIBC = None
-
-
-def _rss(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def peak_extra_memory(fn) -> float | None:
-    """Bytes the resident set grows to during one call of `fn`, above its size before (Linux)."""
-    clear = Path("/proc/self/clear_refs")
-    if not clear.exists():
-        return None
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)  # hand freed heap memory back, so that the call's own working memory shows
-    clear.write_text("5")  # resets VmHWM to the current resident set
-    before = _rss("VmRSS")
-    fn()
-    return _rss("VmHWM") - before
+from memory import peak_extra_memory
 
 
 def scenes(batch_size: int, size: int, processor: MaskFormerImageProcessor, seed: int = 7) -> dict:

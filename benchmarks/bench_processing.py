@@ -37,7 +37,6 @@ it on an idle machine: anything else on the cores shifts the ratio.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import platform
 import statistics
@@ -56,15 +55,10 @@ from maskformer_hf import MaskFormerImageProcessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import fake_segmentation_outputs  # noqa: E402  (one definition for tests and benchmark)
+from memory import peak_extra_memory  # noqa: E402  (this folder is on sys.path)
 
 TARGETS = {"preprocess": 1.2, "semantic": 3.0, "panoptic": 4.0, "instance": 4.0}  # medians; every cell >= 1
 TASKS = ("semantic", "panoptic", "instance")
-
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-except OSError:
-    _LIBC = None
-
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
@@ -199,26 +193,6 @@ PRE_CELLS: dict[str, dict] = {
 # ---------------------------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------------------------
-def _rss(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def peak_extra_memory(fn: Callable[[], Any]) -> float | None:
-    """Bytes the resident set grows to during one call of `fn`, above its size before (Linux)."""
-    clear = Path("/proc/self/clear_refs")
-    if not clear.exists():
-        return None
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-    clear.write_text("5")  # resets VmHWM to the current resident set
-    before = _rss("VmRSS")
-    fn()
-    return _rss("VmHWM") - before
-
-
 def interleaved(ours: Callable, theirs: Callable, repeats: int, min_seconds: float = 0.5) -> dict[str, float]:
     """Medians of interleaved calls: `repeats` each, more for fast calls (until about `min_seconds`
     per side, at most 60), whose medians are otherwise at the mercy of a few noisy calls."""

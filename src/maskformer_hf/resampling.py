@@ -46,7 +46,7 @@ class Resampling:
     ``y0``/``y1`` `(T_h,)`: the two source rows of each target row, ``wy`` `(T_h,)` the weight of
     ``y1``; ``x0``/``x1``/``wx`` `(T_w,)` likewise for columns. ``row_start``/``row_count`` `(n,)`:
     the target rows whose ``y0`` is a given source row (contiguous); ``col_start``/``col_count``
-    `(m,)` likewise.
+    `(m,)` likewise; ``extent``: the rows/columns of the `(n, m)` source that map onto the target.
     """
 
     y0: Tensor
@@ -59,12 +59,15 @@ class Resampling:
     row_count: Tensor
     col_start: Tensor
     col_count: Tensor
-    source_size: tuple[int, int] = (0, 0)
-    extent: tuple[float, float] = (0.0, 0.0)
+    extent: tuple[float, float]
 
     @property
     def target_size(self) -> tuple[int, int]:
         return self.y0.numel(), self.x0.numel()
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        return self.row_count.numel(), self.col_count.numel()
 
     @property
     def pixels_per_cell(self) -> float:
@@ -94,7 +97,7 @@ def resampling(source_size: tuple[int, int], target_size: tuple[int, int], exten
     eh, ew = extent if extent is not None else (float(n), float(m))
     y0, y1, wy, rs, rc = _axis(n, eh, int(target_size[0]), torch.device(device))
     x0, x1, wx, cs, cc = _axis(m, ew, int(target_size[1]), torch.device(device))
-    return Resampling(y0, y1, wy, x0, x1, wx, rs, rc, cs, cc, (n, m), (float(eh), float(ew)))
+    return Resampling(y0, y1, wy, x0, x1, wx, rs, rc, cs, cc, (float(eh), float(ew)))
 
 
 def valid_region(mask_size: tuple[int, int], pixel_mask: Tensor | None) -> tuple[tuple[int, int], tuple[float, float]]:
@@ -290,6 +293,12 @@ DENSE_CHUNK = 1 << 22  # interpolated floats held at once (16 MB): memory is bou
 EXACT_COST = 12  # one exactly evaluated (pixel, channel) of the cell path costs about this many dense ones
 
 
+def _dense_chunk(batch: int, res: Resampling) -> int:
+    """Channels per chunk of dense evaluation: at most ``DENSE_CHUNK`` interpolated values."""
+    th, tw = res.target_size
+    return max(1, DENSE_CHUNK // max(1, batch * th * tw))
+
+
 def dense_argmax(values: Tensor, res: Resampling, weights: Tensor | None = None, on_threshold: float | None = None,
                  count_threshold: float | None = None, strict: bool = False) -> tuple[Assignment, Tensor | None]:
     """:func:`resampled_argmax` by evaluating every pixel of every channel (with :func:`interpolate`),
@@ -308,7 +317,7 @@ def dense_argmax(values: Tensor, res: Resampling, weights: Tensor | None = None,
     """
     batch, channels = values.shape[:2]
     th, tw = res.target_size
-    chunk = max(1, DENSE_CHUNK // max(1, batch * th * tw))
+    chunk = _dense_chunk(batch, res)
     if weights is not None:
         values = values * weights[:, :, None, None]
     best = index = None
@@ -348,7 +357,7 @@ def dense_above(values: Tensor, res: Resampling, threshold: float) -> Tensor:
     """:func:`resampled_above` by evaluating every pixel: `(B, C, T_h, T_w)` bool."""
     batch, channels = values.shape[:2]
     th, tw = res.target_size
-    chunk = max(1, DENSE_CHUNK // max(1, batch * th * tw))
+    chunk = _dense_chunk(batch, res)
     return torch.cat([interpolate(values[:, s:s + chunk], res) > threshold for s in range(0, channels, chunk)]
                      or [values.new_zeros((batch, 0, th, tw), dtype=torch.bool)], 1)
 
@@ -489,7 +498,7 @@ def keep_by_overlap(maps: CellMaps, res: Resampling, areas: Tensor, threshold: f
     if not bool(undecided.any()):
         return surely
     own = resampled_count(maps, res, threshold, strict, channels=undecided, bounds=bounds)
-    return surely | (undecided & (own > 0) & (areas / own.clamp(min=1) >= overlap))
+    return surely | (undecided & overlap_keep(areas, own, overlap))
 
 
 def resampled_above(maps: CellMaps, res: Resampling, threshold: float) -> Tensor:
