@@ -166,19 +166,32 @@ def pil_to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _image_to_tensor(image: Any) -> Tensor:
-    """PIL / numpy / torch image (RGB, grey or RGBA; HWC or CHW) -> `(3, H, W)` uint8 or float32."""
+def _image_to_tensor(image: Any, index: int = 0) -> Tensor:
+    """PIL / numpy / torch image (RGB, grey or RGBA; HWC or CHW) -> `(3, H, W)` uint8 or float32.
+
+    16-bit integer arrays (``uint16``) are scaled to 8 bits (``v / 257``) as 16-bit PIL images are;
+    other integer types must hold 0-255 values. Float pixels must be finite; bool and complex
+    pixels, empty images and unknown layouts raise, naming ``images[index]``."""
+    name = f"images[{index}]"
     if isinstance(image, Image.Image):
         if image.mode not in ("RGB", "L", "RGBA"):
             image = pil_to_rgb(image)
         array = torch.from_numpy(np.array(image))
         layout = "hwc"
     elif isinstance(image, np.ndarray):
+        if image.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: expected integer (0-255) or floating point pixels, got {image.dtype}")
+        if image.dtype in (np.uint16, np.uint32, np.uint64):  # torch has few kernels for wide unsigned types
+            image = image.astype(np.int64) if image.dtype != np.uint16 else image.astype(np.int32) * 255 // 65535
         array, layout = torch.from_numpy(np.ascontiguousarray(image)), "hwc"
     elif isinstance(image, Tensor):
         array, layout = image, "chw"
+        if array.dtype == torch.uint16:
+            array = array.to(torch.int32) * 255 // 65535
+        elif array.dtype in (torch.uint32, torch.uint64):
+            array = array.to(torch.int64)
     else:
-        raise TypeError(f"images: expected PIL images, numpy arrays or torch tensors, got {type(image).__name__}")
+        raise TypeError(f"{name}: expected PIL images, numpy arrays or torch tensors, got {type(image).__name__}")
     if array.ndim == 2:
         array = array[None]
     elif array.ndim == 3:
@@ -186,15 +199,23 @@ def _image_to_tensor(image: Any) -> Tensor:
         if last and (layout == "hwc" or not first):
             array = array.permute(2, 0, 1)
         elif not first:
-            raise ValueError(f"images: expected 1, 3 or 4 channels (HWC or CHW), got shape {tuple(array.shape)}")
+            raise ValueError(f"{name}: expected 1, 3 or 4 channels (HWC or CHW), got shape {tuple(array.shape)}")
     else:
-        raise ValueError(f"images: expected (H, W), (H, W, C) or (C, H, W) per image, got shape {tuple(array.shape)}")
+        raise ValueError(f"{name}: expected (H, W), (H, W, C) or (C, H, W), got shape {tuple(array.shape)}")
+    if array.shape[1] < 1 or array.shape[2] < 1:
+        raise ValueError(f"{name}: expected an image of at least 1x1 pixels, got height {array.shape[1]} and "
+                         f"width {array.shape[2]}")
     if array.dtype == torch.bool or array.is_complex():
-        raise TypeError(f"images: expected integer (0-255) or floating point pixels, got {array.dtype}")
-    if not (array.dtype == torch.uint8 or array.is_floating_point()):  # other integers: 0-255 values, as uint8
-        low, high = (int(array.min()), int(array.max())) if array.numel() else (0, 0)
+        raise TypeError(f"{name}: expected integer (0-255) or floating point pixels, got {array.dtype}")
+    if array.is_floating_point():
+        if not bool(torch.isfinite(array).all()):
+            raise ValueError(f"{name}: float pixels must be finite, found {int((~torch.isfinite(array)).sum())} "
+                             "NaN or infinite values")
+    elif array.dtype != torch.uint8:  # other integers: 0-255 values, as uint8
+        low, high = int(array.min()), int(array.max())
         if low < 0 or high > 255:
-            raise ValueError(f"images: integer pixels must lie in [0, 255], got values {low}..{high} ({array.dtype})")
+            raise ValueError(f"{name}: integer pixels must lie in [0, 255], got values {low}..{high} ({array.dtype}); "
+                             "16-bit images are read as uint16")
         array = array.to(torch.uint8)
     if array.shape[0] == 1:
         array = array.expand(3, -1, -1)
@@ -409,7 +430,7 @@ class MaskFormerImageProcessor(BaseImageProcessor):
         resample = PILImageResampling(s["resample"])
         if resample not in _RESAMPLE:
             raise ValueError(f"resample: expected NEAREST, BILINEAR or BICUBIC, got {resample!r}")
-        image_list = [_image_to_tensor(image) for image in _as_list(images, 3)]
+        image_list = [_image_to_tensor(image, i) for i, image in enumerate(_as_list(images, 3))]
         if not image_list:
             raise ValueError("images: expected at least one image")
         map_list = None
@@ -422,6 +443,9 @@ class MaskFormerImageProcessor(BaseImageProcessor):
                     raise ValueError(f"segmentation_maps[{i}]: size {tuple(label_map.shape)} differs from its image "
                                      f"{tuple(image.shape[-2:])}")
         mappings = _per_image(instance_id_to_semantic_id, len(image_list))
+        if s["do_rescale"] and any(x.is_floating_point() and x.numel() and float(x.max()) <= 1.0 for x in image_list):
+            logger.warning("images: float pixels in [0, 1] with do_rescale=True are divided by %s again; pass "
+                           "do_rescale=False if they are already scaled", 1 / s["rescale_factor"])
 
         # Resize (label maps grouped by size, so that same-sized maps go through one batched call).
         if s["do_resize"]:
@@ -475,14 +499,14 @@ class MaskFormerImageProcessor(BaseImageProcessor):
     def post_process_semantic_segmentation(self, outputs: Any, target_sizes: Sequence[Sequence[int]] | None = None
                                            ) -> list[Tensor]:
         """Per image a `(height, width)` int64 map of class ids (see :func:`~maskformer_hf.inference.semantic_inference`)."""
-        return semantic_inference(*_logits(outputs), target_sizes=target_sizes)
+        return semantic_inference(*_logits(outputs, self.num_labels), target_sizes=target_sizes)
 
     def post_process_instance_segmentation(self, outputs: Any, threshold: float = 0.5, mask_threshold: float = 0.5,
                                            overlap_mask_area_threshold: float = 0.8,
                                            target_sizes: Sequence[Sequence[int]] | None = None,
                                            return_binary_maps: bool = False) -> list[dict[str, Any]]:
         """Per image ``{"segmentation", "segments_info"}`` (see :func:`~maskformer_hf.inference.instance_inference`)."""
-        return instance_inference(*_logits(outputs), target_sizes=target_sizes, threshold=threshold,
+        return instance_inference(*_logits(outputs, self.num_labels), target_sizes=target_sizes, threshold=threshold,
                                   mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
                                   return_binary_maps=return_binary_maps)
 
@@ -494,7 +518,7 @@ class MaskFormerImageProcessor(BaseImageProcessor):
         `label_ids_to_fuse` defaults to the processor's ``label_ids_to_fuse``."""
         if label_ids_to_fuse is None:
             label_ids_to_fuse = self.label_ids_to_fuse
-        return panoptic_inference(*_logits(outputs), target_sizes=target_sizes, threshold=threshold,
+        return panoptic_inference(*_logits(outputs, self.num_labels), target_sizes=target_sizes, threshold=threshold,
                                   mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
                                   label_ids_to_fuse=label_ids_to_fuse)
 
@@ -539,8 +563,10 @@ def _per_image(mapping: Any, count: int) -> list[Mapping[int, int] | None]:
     return mapping
 
 
-def _logits(outputs: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(class logits, mask logits, pixel mask or None) from a model output or a dict."""
+def _logits(outputs: Any, num_labels: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(class logits, mask logits, pixel mask or None) from a model output or a dict; with
+    `num_labels`, the class logits must have ``num_labels + 1`` entries (the model the processor
+    was made for)."""
     def get(name: str) -> Any:
         if isinstance(outputs, Mapping):
             return outputs.get(name)
@@ -550,4 +576,8 @@ def _logits(outputs: Any) -> tuple[Tensor, Tensor, Tensor | None]:
     if class_logits is None or mask_logits is None:
         raise ValueError("outputs: expected class_queries_logits and masks_queries_logits (a MaskFormer output), "
                          f"got {type(outputs).__name__}")
+    if num_labels is not None and isinstance(class_logits, Tensor) and class_logits.shape[-1] != num_labels + 1:
+        raise ValueError(f"class_queries_logits: this processor has num_labels={num_labels}, so expected "
+                         f"{num_labels + 1} classes (with no-object), got {class_logits.shape[-1]}; is it the model's "
+                         "processor?")
     return class_logits, mask_logits, get("pixel_mask")

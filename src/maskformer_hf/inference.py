@@ -50,6 +50,11 @@ def _prepare(class_queries_logits: Tensor, masks_queries_logits: Tensor, pixel_m
     """Validate shapes; group the images that share a mask crop `(n, m)` and a target size, so that
     one :class:`Resampling` and one set of batched operations serve them (about `channels` maps per
     image, see ``GROUP_BYTES``): `(indices, crop, plan)`."""
+    for name, value in (("class_queries_logits", class_queries_logits), ("masks_queries_logits", masks_queries_logits)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name}: expected floating point logits, got {value.dtype}")
     if class_queries_logits.ndim != 3 or masks_queries_logits.ndim != 4:
         raise ValueError(
             "expected class_queries_logits (batch, queries, classes + 1) and masks_queries_logits "
@@ -59,6 +64,19 @@ def _prepare(class_queries_logits: Tensor, masks_queries_logits: Tensor, pixel_m
     if masks_queries_logits.shape[:2] != class_queries_logits.shape[:2]:
         raise ValueError(f"batch and query dimensions differ: {tuple(class_queries_logits.shape[:2])} "
                          f"vs {tuple(masks_queries_logits.shape[:2])}")
+    if class_queries_logits.shape[-1] < 2:
+        raise ValueError(f"class_queries_logits: expected K + 1 >= 2 classes (the last is no-object), got "
+                         f"{class_queries_logits.shape[-1]}")
+    devices = {class_queries_logits.device, masks_queries_logits.device}
+    if pixel_mask is not None:
+        devices.add(pixel_mask.device)
+    if len(devices) > 1:
+        raise ValueError(f"class_queries_logits, masks_queries_logits and pixel_mask must be on one device, got "
+                         f"{class_queries_logits.device}, {masks_queries_logits.device} and "
+                         f"{None if pixel_mask is None else pixel_mask.device}")
+    for name, value in (("class_queries_logits", class_queries_logits), ("masks_queries_logits", masks_queries_logits)):
+        if value.numel() and bool(torch.amax(value).isnan()):  # max propagates NaN; +-inf logits are legitimate
+            raise ValueError(f"{name}: found NaN values (the model's output is not a number)")
     if target_sizes is not None and len(target_sizes) != batch:
         raise ValueError(f"target_sizes: expected one (height, width) per image ({batch}), got {len(target_sizes)}")
     if pixel_mask is not None and (pixel_mask.ndim != 3 or pixel_mask.shape[0] != batch):
@@ -70,7 +88,7 @@ def _prepare(class_queries_logits: Tensor, masks_queries_logits: Tensor, pixel_m
         if target_sizes is None:
             target, extent = crop, (float(crop[0]), float(crop[1]))
         else:
-            target = tuple(int(v) for v in target_sizes[i])
+            target = _target_size(target_sizes[i], i)
             if len(target) != 2 or min(target) < 1:
                 raise ValueError(f"target_sizes[{i}]: expected (height, width) >= 1, got {target_sizes[i]}")
         groups.setdefault((crop, target, extent), []).append(i)
@@ -82,6 +100,17 @@ def _prepare(class_queries_logits: Tensor, masks_queries_logits: Tensor, pixel_m
         for start in range(0, len(members), size):
             plans.append((torch.tensor(members[start:start + size], device=device), crop, res))
     return plans
+
+
+def _target_size(size: Any, index: int) -> tuple[int, ...]:
+    """One entry of ``target_sizes`` as a tuple of ints; fractional or non-numeric values raise."""
+    try:
+        values = [float(v) for v in (size.tolist() if isinstance(size, Tensor) else size)]
+    except (TypeError, ValueError):
+        raise TypeError(f"target_sizes[{index}]: expected integer (height, width), got {size!r}") from None
+    if isinstance(size, (str, bytes)) or not all(math.isfinite(v) and v == int(v) for v in values):
+        raise TypeError(f"target_sizes[{index}]: expected integer (height, width), got {size!r}")
+    return tuple(int(v) for v in values)
 
 
 def semantic_inference(class_queries_logits: Tensor, masks_queries_logits: Tensor, pixel_mask: Tensor | None = None,
@@ -158,6 +187,8 @@ def panoptic_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
     _check_thresholds(threshold, mask_threshold, overlap_mask_area_threshold)
     fuse = {int(c) for c in (label_ids_to_fuse or ())}
     num_labels = class_queries_logits.shape[-1] - 1
+    if any(not 0 <= c < num_labels for c in fuse):
+        raise ValueError(f"label_ids_to_fuse: expected class ids in [0, {num_labels}), got {sorted(fuse)}")
     scores, labels = class_queries_logits.float().softmax(-1).max(-1)  # (B, Q)
     results: list[dict[str, Any]] = [None] * class_queries_logits.shape[0]  # type: ignore[list-item]
     for index, crop, res in _prepare(class_queries_logits, masks_queries_logits, pixel_mask, target_sizes,

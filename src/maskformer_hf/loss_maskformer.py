@@ -375,6 +375,10 @@ def _check_labels(mask_labels, class_labels, batch_size: int, num_labels: int) -
         if masks.dim() != 3 or labels.dim() != 1 or masks.shape[0] != labels.shape[0]:
             raise ValueError(f"image {b}: expected mask_labels (N, H, W) and class_labels (N,), got "
                              f"{tuple(masks.shape)} and {tuple(labels.shape)}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"class_labels[{b}]: expected integer class ids, got {labels.dtype}")
+        if masks.device != labels.device:
+            raise ValueError(f"image {b}: mask_labels on {masks.device}, class_labels on {labels.device}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
             raise ValueError(f"class_labels[{b}]: expected classes in [0, {num_labels}), got "
                              f"{labels.min().item()}..{labels.max().item()}")

@@ -196,14 +196,7 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
 
     def compute_features(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> MaskFormerFeatures:
         """Run backbone, FPN and transformer; the heads (and the mask projection) are left to the caller."""
-        if not isinstance(pixel_values, Tensor) or pixel_values.dim() != 4:
-            got = tuple(pixel_values.shape) if isinstance(pixel_values, Tensor) else type(pixel_values).__name__
-            raise ValueError(f"pixel_values: expected a (batch_size, channels, height, width) tensor, got {got}")
-        if pixel_mask is not None and pixel_mask.shape != (pixel_values.shape[0], *pixel_values.shape[2:]):
-            raise ValueError(
-                f"pixel_mask: expected shape {(pixel_values.shape[0], *pixel_values.shape[2:])} "
-                f"(batch_size, height, width), got {tuple(pixel_mask.shape)}"
-            )
+        check_pixel_values(pixel_values, pixel_mask, next(self.parameters()))
         return self.decode_features(*self.backbone(pixel_values, pixel_mask))
 
     def decode_features(self, backbone_maps: list[Tensor], masks: list[Tensor] | None) -> MaskFormerFeatures:
@@ -237,6 +230,63 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
             **_hidden_states(features, output_hidden_states),
         )
         return output if return_dict else output.to_tuple()
+
+
+MIN_IMAGE_SIZE = 32  # the backbone's output stride: smaller images leave no stride-32 feature
+
+
+def check_pixel_values(pixel_values: Any, pixel_mask: Any, parameter: Tensor) -> None:
+    """Raise a ``TypeError``/``ValueError`` naming the argument unless `pixel_values` is a
+    `(batch_size, 3, H, W)` float tensor of at least 32x32 finite values on the model's device (in
+    its dtype, unless autocast is on) and `pixel_mask` None or `(batch_size, H, W)` on that device.
+    The finiteness scan is skipped while tracing or compiling (it is data-dependent)."""
+    if not isinstance(pixel_values, Tensor) or pixel_values.dim() != 4:
+        got = tuple(pixel_values.shape) if isinstance(pixel_values, Tensor) else type(pixel_values).__name__
+        raise ValueError(f"pixel_values: expected a (batch_size, channels, height, width) tensor, got {got}")
+    if pixel_values.shape[1] != 3:
+        raise ValueError(f"pixel_values: expected 3 (RGB) channels, got shape {tuple(pixel_values.shape)}; "
+                         "MaskFormerImageProcessor converts grey and RGBA images")
+    if min(pixel_values.shape[-2:]) < MIN_IMAGE_SIZE or pixel_values.shape[0] < 1:
+        raise ValueError(f"pixel_values: expected at least one image of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} "
+                         f"pixels (the backbone's output stride), got shape {tuple(pixel_values.shape)}")
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"pixel_values: expected normalised floating point values, got {pixel_values.dtype}; "
+                        "MaskFormerImageProcessor makes them from images")
+    if pixel_values.device != parameter.device:
+        raise ValueError(f"pixel_values: on {pixel_values.device}, but the model is on {parameter.device}; "
+                         "move one of them (inputs.to(model.device))")
+    if pixel_values.dtype != parameter.dtype and not torch.is_autocast_enabled(pixel_values.device.type):
+        raise TypeError(f"pixel_values: {pixel_values.dtype}, but the model's weights are {parameter.dtype}; cast the "
+                        "input (pixel_values.to(model.dtype)) or run under torch.autocast")
+    if pixel_mask is not None:
+        if not isinstance(pixel_mask, Tensor):
+            raise TypeError(f"pixel_mask: expected a tensor or None, got {type(pixel_mask).__name__}")
+        if pixel_mask.shape != (pixel_values.shape[0], *pixel_values.shape[2:]):
+            raise ValueError(f"pixel_mask: expected shape {(pixel_values.shape[0], *pixel_values.shape[2:])} "
+                             f"(batch_size, height, width), got {tuple(pixel_mask.shape)}")
+        if pixel_mask.device != pixel_values.device:
+            raise ValueError(f"pixel_mask: on {pixel_mask.device}, but pixel_values are on {pixel_values.device}")
+    if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and not bool(torch.isfinite(pixel_values).all()):
+        raise ValueError("pixel_values: found NaN or infinite values")
+
+
+def check_mask_label_sizes(mask_labels: Any, pixel_values: Tensor) -> None:
+    """The masks of a batch share one size covering the same extent as `pixel_values` (their padded
+    size, as the processor makes them; a lower resolution of the same aspect is accepted) and its
+    device. Entries that are not `(N, H, W)` tensors are left to the loss's own checks."""
+    height, width = pixel_values.shape[-2:]
+    sizes = {tuple(m.shape[-2:]) for m in mask_labels if isinstance(m, Tensor) and m.dim() == 3} \
+        if isinstance(mask_labels, (list, tuple)) else set()
+    if len(sizes) > 1:
+        raise ValueError(f"mask_labels: the images' masks differ in size {sorted(sizes)}; pad them to the batch's "
+                         f"size {(height, width)} as MaskFormerImageProcessor does")
+    for h, w in sizes:
+        if h < 1 or w < 1 or abs(h / height - w / width) > 1.0 / min(h, w):
+            raise ValueError(f"mask_labels: masks of size {(h, w)} do not cover pixel_values of size "
+                             f"{(height, width)}; expected masks of the padded image size")
+    for b, masks in enumerate(mask_labels if isinstance(mask_labels, (list, tuple)) else ()):
+        if isinstance(masks, Tensor) and masks.device != pixel_values.device:
+            raise ValueError(f"mask_labels[{b}]: on {masks.device}, but pixel_values are on {pixel_values.device}")
 
 
 def _flag(value: bool | None, default: bool | None) -> bool:
@@ -329,6 +379,8 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
             raise ValueError("mask_labels and class_labels: pass both (training) or neither (inference)")
         compute_loss = mask_labels is not None
         features = self.model.compute_features(pixel_values, pixel_mask)
+        if compute_loss:
+            check_mask_label_sizes(mask_labels, pixel_values)
         states = features.decoder_states  # (L, B, Q, D)
         if not (output_auxiliary_logits or (compute_loss and config.use_auxiliary_loss)):
             states = states[-1:]

@@ -24,9 +24,13 @@ def masked_group_norm(x: Tensor, norm: nn.GroupNorm, mask: Tensor | None) -> Ten
     Returns:
         `(batch_size, channels, height, width)`; padded positions are zero.
     """
+    batch_size, channels, height, width = x.shape
+    if (channels // norm.num_groups) * height * width < 2:
+        raise ValueError(f"pixel_values: too small for this model: a {height}x{width} feature map with "
+                         f"{channels // norm.num_groups} channel(s) per GroupNorm group leaves one value per group; "
+                         "use larger images")
     if mask is None:
         return norm(x)
-    batch_size, channels, height, width = x.shape
     groups = norm.num_groups
     valid = mask.to(x.dtype).view(batch_size, 1, 1, height * width)
     grouped = x.view(batch_size, groups, channels // groups, height * width)
