@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -373,8 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; exit status 2 with a one-line ``maskformer-hf COMMAND: error: ...`` on bad
+    input (a ``ValueError``: a missing folder, a bad recipe value, a dataset that does not load), as
+    argparse does for bad flags. ``MASKFORMER_HF_DEBUG=1`` shows the traceback instead."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return _run(args, argv)
+    except ValueError as error:
+        if os.environ.get("MASKFORMER_HF_DEBUG"):
+            raise
+        print(f"maskformer-hf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     if args.command == "segment":
         return run_segment(args)
     if args.command == "push":

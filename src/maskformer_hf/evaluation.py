@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .data.schema import read_example
 from .data.transforms import SegmentationTransform
 from .metrics import MeanIoU, PanopticQuality, PanopticQualityStatistics
 
@@ -83,7 +84,7 @@ def evaluate_segmentation(
     indices = list(range(rank, len(dataset), num_processes))
     bar = tqdm(total=len(indices), desc="evaluating", disable=not progress, leave=False)
     for start in range(0, len(indices), batch_size):
-        truths = [_ground_truth(dataset[i], transform, metadata.ignore_index) for i in indices[start:start + batch_size]]
+        truths = [_ground_truth(read_example(dataset, i), transform, metadata.ignore_index) for i in indices[start:start + batch_size]]
         images = [t["image"] for t in truths]
         sizes = [tuple(image.shape[-2:]) for image in images]
         inputs = image_processor(images=images, return_tensors="pt").to(device)

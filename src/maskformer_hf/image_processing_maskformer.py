@@ -531,9 +531,10 @@ def shortest_edge_size(shortest_edge: int) -> dict[str, int]:
 
 def resize_output_size(height: int, width: int, size: Mapping[str, int], size_divisor: int = 0) -> tuple[int, int]:
     """Output `(height, width)` for an image of `(height, width)`: shortest edge (capped by the
-    longest edge) or a fixed size, then rounded up to a multiple of `size_divisor`."""
+    longest edge; each side at least 1) or a fixed size, then rounded up to a multiple of `size_divisor`."""
     if "shortest_edge" in size:
         new_h, new_w = get_size_with_aspect_ratio((height, width), size["shortest_edge"], size.get("longest_edge"))
+        new_h, new_w = max(1, new_h), max(1, new_w)  # an extreme aspect (10000x8) under a longest edge: 1 px, not 0
     else:
         new_h, new_w = size["height"], size["width"]
     if size_divisor:

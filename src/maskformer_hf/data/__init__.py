@@ -16,7 +16,8 @@ Every loader returns a ``datasets.DatasetDict`` of splits (``train``, ``validati
 and a :class:`SegmentationMetadata` (``get_metadata(dataset)``): ``task`` ("semantic" /
 "panoptic"), ``id2label``, ``thing_ids``, ``ignore_index``, ``reduce_labels`` (annotation value 0 =
 unlabelled, k = label k-1, as in ADE20K), ``source_category_ids`` (COCO ids). :func:`read_label_map`
-decodes an ``annotation`` into an int64 array.
+decodes an ``annotation`` into an int64 array; :func:`read_example` reads one example, naming its
+files when one cannot be decoded.
 
 Loaders:
 
@@ -39,6 +40,7 @@ from .schema import (
     SegmentationMetadata,
     get_metadata,
     id_to_rgb,
+    read_example,
     read_label_map,
     rgb_to_id,
     segmentation_features,
@@ -56,6 +58,7 @@ __all__ = [
     "load_panoptic_folder",
     "load_semantic_folder",
     "read_classes_json",
+    "read_example",
     "read_label_map",
     "rgb_to_id",
     "segmentation_features",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,32 @@ def _split_table(root: Path, coco_split: str, year: str, content: dict[str, Any]
         columns["image"].append(str(image_dir / file_of[annotation["image_id"]]))
         columns["annotation"].append(str(png_dir / annotation["file_name"]))
         columns["segments_info"].append(segments)
-    for column in ("image", "annotation"):
-        if columns[column] and not Path(columns[column][0]).is_file():
-            raise ValueError(f"{columns[column][0]} does not exist (listed in panoptic_{coco_split}{year}.json)")
+    columns = _drop_missing_files(columns, f"panoptic_{coco_split}{year}.json")
     info = dataset_info(metadata)
     return datasets.Dataset.from_dict(columns, features=info.features, info=info,
                                       split=SPLIT_ALIASES.get(coco_split, coco_split))
+
+
+def _drop_missing_files(columns: dict[str, list[Any]], source: str) -> dict[str, list[Any]]:
+    """The rows whose image and PNG both exist; the others are dropped with a warning naming them
+    (a partial download, a deleted file). Raises ``ValueError`` when none is left."""
+    listings: dict[str, set[str]] = {}
+
+    def exists(path: str) -> bool:  # one directory listing per folder, not one stat per file
+        folder, name = os.path.split(path)
+        if folder not in listings:
+            listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        return name in listings[folder]
+
+    keep = [i for i, (image, png) in enumerate(zip(columns["image"], columns["annotation"]))
+            if exists(image) and exists(png)]
+    if len(keep) == len(columns["image"]):
+        return columns
+    missing = [path for i in sorted(set(range(len(columns["image"]))) - set(keep))
+               for path in (columns["image"][i], columns["annotation"][i]) if not exists(path)]
+    if not keep:
+        raise ValueError(f"{source}: none of its {len(columns['image'])} images has both files, e.g. {missing[0]} "
+                         "does not exist")
+    logger.warning("%s: skipping %d of %d images whose files are missing, e.g. %s", source,
+                   len(columns["image"]) - len(keep), len(columns["image"]), ", ".join(missing[:3]))
+    return {name: [values[i] for i in keep] for name, values in columns.items()}

@@ -133,6 +133,28 @@ def get_metadata(dataset: AnyDataset) -> SegmentationMetadata:
                          "note that push_to_hub / to_parquet drop it") from None
 
 
+def read_example(dataset: Any, index: int) -> dict[str, Any]:
+    """``dataset[index]``, decoded; a file that cannot be decoded (missing, truncated, not an image)
+    raises a ``ValueError`` naming the example's ``image_id`` and its files instead of PIL's bare
+    ``OSError``."""
+    try:
+        return dataset[index]
+    except (OSError, SyntaxError, ValueError) as error:  # PIL: OSError (truncated, unidentified), SyntaxError
+        files = []
+        for column in ("image", "annotation"):
+            try:
+                raw = dataset.cast_column(column, datasets.Image(decode=False))[index][column]
+                files.append(raw.get("path") or f"<{len(raw.get('bytes') or b'')} bytes>")
+            except Exception:  # noqa: BLE001 -- best effort: the message is what matters
+                continue
+        try:
+            image_id = dataset.select_columns(["image_id"])[index]["image_id"]
+        except Exception:  # noqa: BLE001
+            image_id = "?"
+        raise ValueError(f"example {index} (image_id {image_id}, files {', '.join(map(str, files)) or '?'}): "
+                         f"could not be decoded ({type(error).__name__}: {error})") from error
+
+
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     """COCO panoptic decoding ``id = R + 256·G + 256²·B``: `(H, W, 3)` uint8 -> `(H, W)` int64."""
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
