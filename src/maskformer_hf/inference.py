@@ -64,6 +64,9 @@ def _prepare(class_queries_logits: Tensor, masks_queries_logits: Tensor, pixel_m
     if masks_queries_logits.shape[:2] != class_queries_logits.shape[:2]:
         raise ValueError(f"batch and query dimensions differ: {tuple(class_queries_logits.shape[:2])} "
                          f"vs {tuple(masks_queries_logits.shape[:2])}")
+    if class_queries_logits.shape[1] < 1 or min(masks_queries_logits.shape[-2:]) < 1:
+        raise ValueError(f"expected at least one query and a mask of at least 1x1, got masks_queries_logits of "
+                         f"shape {tuple(masks_queries_logits.shape)}")
     if class_queries_logits.shape[-1] < 2:
         raise ValueError(f"class_queries_logits: expected K + 1 >= 2 classes (the last is no-object), got "
                          f"{class_queries_logits.shape[-1]}")
