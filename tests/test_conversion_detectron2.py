@@ -432,7 +432,7 @@ import importlib.util, sys
 spec = importlib.util.spec_from_file_location("standalone_checkpoints", {str(path)!r})
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-assert callable(module.load_detectron2_state_dict) and callable(module.load_checkpoint_state_dict)
+assert callable(module.load_checkpoint_state_dict) and not hasattr(module, "pickle")
 print(sorted(name for name in sys.modules if name.startswith("maskformer_hf")))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
