@@ -26,7 +26,9 @@ from conftest import tiny_config, write_coco_panoptic_fixture
 from maskformer_hf import MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
 from maskformer_hf.cli import main as cli_main
 from maskformer_hf.data import load_ade20k, load_coco_panoptic, load_semantic_folder, read_example
+from maskformer_hf.data import SegmentationMetadata
 from maskformer_hf.data.collate import MaskFormerCollator
+from maskformer_hf.data.transforms import SegmentationTransform
 from maskformer_hf.inference import instance_inference, panoptic_inference, semantic_inference
 
 
@@ -299,6 +301,30 @@ FILES = [
     Case("COCO: no annotations folder", lambda e: load_coco_panoptic(e["root"]), ValueError, "no annotations/panoptic"),
 ]
 
+def _transform(label: np.ndarray, task: str = "semantic", segments=(), image=None):
+    def run(e):
+        metadata = SegmentationMetadata(task=task, id2label={0: "a", 1: "b", 2: "c"}, thing_ids=(2,) if task == "panoptic"
+                                        else ())
+        example = {"image_id": "img-7", "image": Image.fromarray(np.zeros((8, 8, 3), np.uint8) if image is None
+                                                               else image),
+                   "annotation": Image.fromarray(label), "segments_info": list(segments)}
+        return SegmentationTransform(metadata)(example)
+    return run
+
+
+TRANSFORMS = [
+    Case("dataset label beyond the classes", _transform(np.full((8, 8), 7, np.uint8)), ValueError,
+         r"image img-7: label value 7 is neither a class in \[0, 3\) nor ignore_index=255"),
+    Case("annotation of another size", _transform(np.zeros((4, 8), np.uint8)), ValueError,
+         r"image img-7: annotation size \(4, 8\) != image size \(8, 8\)"),
+    Case("panoptic segment id 0", _transform(np.zeros((8, 8, 3), np.uint8), "panoptic",
+                                             [{"id": 0, "label_id": 1, "iscrowd": False}]), ValueError,
+         "img-7: segment id 0 is reserved for void"),
+    Case("colour semantic annotation", _transform(np.dstack([np.zeros((8, 8, 2), np.uint8), np.ones((8, 8), np.uint8)])), ValueError, "single-channel"),
+    Case("metadata not given", lambda e: SegmentationTransform({"task": "semantic"}), TypeError,
+         "metadata must be a SegmentationMetadata"),
+]
+
 CLI = [
     Case("segment: nothing found", _cli("segment", "{root}/nothing_here/*.jpg", "--model", "{root}/model", "--out",
                                         "{root}/out", "--quiet"), SystemExit, "1"),
@@ -323,7 +349,7 @@ CLI = [
          SystemExit, "2"),
 ]
 
-CASES = IMAGES + LABEL_MAPS + POST_PROCESSING + FORWARD + COLLATOR + FILES + CLI
+CASES = IMAGES + LABEL_MAPS + POST_PROCESSING + FORWARD + COLLATOR + FILES + TRANSFORMS + CLI
 
 
 def _semantic_folder(root: Path, classes: bool = True, orphan: bool = False, rgb: bool = False) -> Path:
@@ -371,7 +397,7 @@ def test_bad_input_raises_a_clear_error(case: Case, env: dict, capsys):
 
 def test_the_table_covers_every_entry_point():
     groups = {"images": IMAGES, "label maps": LABEL_MAPS, "post-processing": POST_PROCESSING, "forward": FORWARD,
-              "collator": COLLATOR, "files and loaders": FILES, "command line": CLI}
+              "collator": COLLATOR, "files and loaders": FILES, "transforms": TRANSFORMS, "command line": CLI}
     assert all(len(cases) >= 5 for cases in groups.values())
     assert len({c.name for c in CASES}) == len(CASES) >= 100  # docs/reliability.md reports the count
 
