@@ -278,6 +278,8 @@ COLLATOR = [
          ValueError, r"segmentation_maps\[0\].*differs"),
     Case("class beyond num_labels", _collate([_example(label=torch.full((64, 64), 6))]), ValueError, "num_labels=4"),
     Case("float label map", _collate([_example(label=torch.zeros(64, 64))]), TypeError, "integer ids"),
+    Case("raw dataset rows", _collate([{"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "annotation": None}]),
+         ValueError, r"example 0 has no \['label_map'\].*SegmentationTransform"),
 ]
 
 FILES = [

@@ -1,7 +1,9 @@
 """Matching predictions to ground-truth segments (SPEC §3): pairwise costs, Hungarian, fixed.
 
-Costs are computed in fp32 (also under autocast) at the mask-prediction resolution, ground-truth
-masks nearest-downsampled to it; the Hungarian step is ``scipy.optimize.linear_sum_assignment``.
+Costs are computed in fp32 (autocast is switched off: fp16/bf16 logits are cast up) at the
+mask-prediction resolution, ground-truth masks nearest-downsampled to it; the Hungarian step is
+``scipy.optimize.linear_sum_assignment`` on a float64 copy. Non-finite costs (logits of ±inf or NaN,
+or so large that a sum overflows) never reach the solver, so every image gets a full assignment.
 Every function takes tensors and numbers and returns tensors: no config, no global state.
 """
 
@@ -104,13 +106,20 @@ def pairwise_mask_costs(mask_logits: Tensor, targets: Tensor, alpha: float = 0.2
     return focal, dice
 
 
+MAX_COST = 1e150  # |finite costs| are clamped to this (fp32 costs never get near): the solver's sums stay finite
+
+
 def solve_assignment(cost: Tensor) -> Indices:
-    """Hungarian assignment of a `(Q, N)` cost, N <= Q; non-finite costs never reach the solver."""
-    cost = cost.detach().to("cpu", torch.float64)
-    finite = torch.isfinite(cost)
+    """Hungarian assignment of a `(Q, N)` cost, N <= Q: always a full one (N pairs).
+
+    Non-finite costs never reach the solver (scipy would call the matrix infeasible): with ``B = 2 *
+    max |finite cost| + 1``, NaN and +inf become ``B`` (the worst pair: taken only when nothing else
+    is left) and -inf ``-B``."""
+    cost = cost.detach().to("cpu", torch.float64).clamp(-MAX_COST, MAX_COST)  # clamp keeps NaN and maps ±inf
+    finite = torch.isfinite(cost) & (cost.abs() < MAX_COST)
     if not finite.all():
         big = cost[finite].abs().max().item() * 2 + 1 if finite.any() else 1.0
-        cost = torch.nan_to_num(cost, nan=big, posinf=big, neginf=-big)
+        cost = torch.where(finite, cost, torch.where(cost < 0, -big, big))  # NaN < 0 is False: NaN -> +big
     rows, cols = linear_sum_assignment(cost.numpy())
     return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
@@ -154,30 +163,31 @@ def hungarian_match(
     num_layers, batch_size, num_queries = class_logits.shape[:3]
     check_num_segments(class_labels, num_queries)
     matches: list[list[Indices]] = [[None] * batch_size for _ in range(num_layers)]  # type: ignore[list-item]
-    for b in range(batch_size):
-        labels = class_labels[b]
-        if labels.numel() == 0:
-            empty = torch.empty(0, dtype=torch.int64)
+    with torch.autocast(class_logits.device.type, enabled=False):  # fp32 costs, whatever the logits' dtype
+        for b in range(batch_size):
+            labels = class_labels[b]
+            if labels.numel() == 0:
+                empty = torch.empty(0, dtype=torch.int64)
+                for layer in range(num_layers):
+                    matches[layer][b] = (empty, empty)
+                continue
+            preds = mask_logits[:, b]  # (L, Q, h, w); each layer's (Q, h, w) is contiguous
+            targets = mask_labels[b].float()
+            if num_points:
+                coords = torch.rand(num_points, 2, generator=generator, device=preds.device)
+                # Per-map sampling is ~3x faster than one many-channel grid_sample for the L*Q predictions
+                # (channel-strided reads); the few targets share one call.
+                preds = point_sample(preds.flatten(0, 1)[:, None].float(),
+                                     coords.expand(num_layers * num_queries, -1, -1)).view(num_layers, num_queries, -1)
+                targets = point_sample_shared(targets, coords)
+            else:
+                targets = F.interpolate(targets[:, None], size=preds.shape[-2:], mode="nearest")[:, 0].flatten(1)
+                preds = preds.flatten(2)  # (L, Q, h*w), a view
+            class_cost = pairwise_class_cost(class_logits[:, b], labels.to(class_logits.device))  # (L, Q, N)
             for layer in range(num_layers):
-                matches[layer][b] = (empty, empty)
-            continue
-        preds = mask_logits[:, b]  # (L, Q, h, w); each layer's (Q, h, w) is contiguous
-        targets = mask_labels[b].float()
-        if num_points:
-            coords = torch.rand(num_points, 2, generator=generator, device=preds.device)
-            # Per-map sampling is ~3x faster than one many-channel grid_sample for the L*Q predictions
-            # (channel-strided reads); the few targets share one call.
-            preds = point_sample(preds.flatten(0, 1)[:, None].float(),
-                                 coords.expand(num_layers * num_queries, -1, -1)).view(num_layers, num_queries, -1)
-            targets = point_sample_shared(targets, coords)
-        else:
-            targets = F.interpolate(targets[:, None], size=preds.shape[-2:], mode="nearest")[:, 0].flatten(1)
-            preds = preds.flatten(2)  # (L, Q, h*w), a view
-        class_cost = pairwise_class_cost(class_logits[:, b], labels.to(class_logits.device))  # (L, Q, N)
-        for layer in range(num_layers):
-            focal, dice = pairwise_mask_costs(preds[layer], targets, alpha, gamma)
-            cost = cost_mask * focal + cost_dice * dice + cost_class * class_cost[layer]
-            matches[layer][b] = solve_assignment(cost)
+                focal, dice = pairwise_mask_costs(preds[layer], targets, alpha, gamma)
+                cost = cost_mask * focal + cost_dice * dice + cost_class * class_cost[layer]
+                matches[layer][b] = solve_assignment(cost)
     return matches
 
 

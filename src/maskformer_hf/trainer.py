@@ -5,19 +5,29 @@ never holds more than one batch of mask logits.
 
     maskformer-hf train --config my_recipe.yaml --engine trainer
     python scripts/train_trainer.py --config demo
+
+``nonfinite_loss`` holds here too (:class:`MaskFormerTrainer`): a non-finite training loss or
+gradient stops the run with :class:`~maskformer_hf.training.NonFiniteLossError` naming the step and
+the image ids, or (``skip``) the optimizer step is skipped: its gradients are dropped and the
+buffers its forward passes changed (BatchNorm statistics) restored. The decision is all-reduced
+before the optimizer step, so every process takes it together.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import Tensor
+from transformers import Trainer, TrainerCallback
 
 from .inference import panoptic_inference, semantic_inference
 from .metrics import MeanIoU, PanopticQuality
-from .training import (AugmentedDataset, TrainConfig, build_model_and_processor, create_optimizer_and_scheduler,
-                       load_splits, train_transforms)
+from .training import (NONFINITE_LOSS_MODES, AugmentedDataset, NonFiniteLossError, TrainConfig,
+                       build_model_and_processor, create_optimizer_and_scheduler, load_splits, train_transforms)
+
+logger = logging.getLogger(__name__)
 
 
 def _masks_to_maps(masks: Tensor, classes: Tensor, ignore_index: int) -> tuple[Tensor, Tensor, list[dict]]:
@@ -80,6 +90,78 @@ class SegmentationMetrics:
         return results
 
 
+class NonFiniteGuard(TrainerCallback):
+    """``nonfinite_loss`` in :class:`MaskFormerTrainer`. At the start of each optimizer step (``skip``)
+    a copy of the model's buffers; before the optimizer step one all-reduced flag (a non-finite loss
+    seen by ``compute_loss``, or a non-finite gradient) decides for every process: ``stop`` raises
+    :class:`NonFiniteLossError` with the gathered image ids, ``skip`` drops the gradients (AdamW then
+    moves no parameter; under fp16 the grad scaler skips the non-finite step itself) and puts the
+    buffers back."""
+
+    def __init__(self, trainer: MaskFormerTrainer) -> None:
+        self.trainer, self.saved, self.skipped = trainer, [], 0
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None and self.trainer.nonfinite_loss == "skip":
+            self.saved = [b.detach().clone() for b in model.buffers()]
+        self.trainer.nonfinite_losses, self.trainer.nonfinite_image_ids = 0, []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            return
+        trainer, step = self.trainer, state.global_step + 1
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        finite_grads = args.fp16 or not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        local = torch.tensor([float(trainer.nonfinite_losses), float(not finite_grads)], device=args.device)
+        faults = trainer.accelerator.reduce(local, reduction="sum") if args.world_size > 1 else local
+        if not faults.any():
+            return
+        ids = trainer.nonfinite_image_ids
+        if args.world_size > 1:
+            from accelerate.utils import gather_object
+
+            ids = gather_object(list(ids))
+        what = "loss" if faults[0] else "gradient"
+        if trainer.nonfinite_loss == "stop":
+            raise NonFiniteLossError(step, ids, what)
+        if not args.fp16:
+            for param in model.parameters():
+                param.grad = None
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), self.saved):
+                buffer.copy_(saved)
+        self.skipped += 1
+        if trainer.is_world_process_zero():
+            logger.warning("step %d: non-finite %s on images %s; step skipped (no optimizer step)", step, what, ids)
+
+
+class MaskFormerTrainer(Trainer):
+    """``transformers.Trainer`` for the collator's batches: ``image_ids`` (``return_image_ids=True``)
+    are dropped before the model, and ``nonfinite_loss`` ("stop" or "skip", as
+    ``TrainConfig.nonfinite_loss``) applies to training steps (:class:`NonFiniteGuard`)."""
+
+    def __init__(self, *args: Any, nonfinite_loss: str = "stop", **kwargs: Any) -> None:
+        if nonfinite_loss not in NONFINITE_LOSS_MODES:
+            raise ValueError(f"nonfinite_loss must be stop or skip, got {nonfinite_loss!r}")
+        super().__init__(*args, **kwargs)
+        self.nonfinite_loss, self.nonfinite_losses, self.nonfinite_image_ids = nonfinite_loss, 0, []
+        self.nonfinite_guard = NonFiniteGuard(self)
+        self.add_callback(self.nonfinite_guard)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        image_ids = inputs.pop("image_ids", None) or []
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if model.training and not bool(torch.isfinite(loss.detach()).all()):
+            self.nonfinite_losses += 1
+            self.nonfinite_image_ids.extend(image_ids)
+        return result
+
+    def prediction_step(self, model, inputs, *args: Any, **kwargs: Any):
+        return super().prediction_step(model, {k: v for k, v in inputs.items() if k != "image_ids"}, *args, **kwargs)
+
+
 def train_with_trainer(config: TrainConfig, datasets: tuple | None = None,
                        command: list[str] | None = None) -> dict[str, Any]:
     """Train and evaluate with ``transformers.Trainer``; returns the final evaluation metrics. The
@@ -88,7 +170,7 @@ def train_with_trainer(config: TrainConfig, datasets: tuple | None = None,
     import time
     from pathlib import Path
 
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     from .model_card import training_info
     from .train_loop import _summary, check_push, recipe_command, save_final_model
@@ -131,12 +213,12 @@ def train_with_trainer(config: TrainConfig, datasets: tuple | None = None,
         report_to=config.log_with or "none",
     )
     optimizer, scheduler = create_optimizer_and_scheduler(model, config)
-    trainer = Trainer(
+    trainer = MaskFormerTrainer(
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
-        data_collator=MaskFormerCollator(processor, metadata.ignore_index),
+        data_collator=MaskFormerCollator(processor, metadata.ignore_index, return_image_ids=True),
         compute_metrics=SegmentationMetrics(len(metadata.id2label), metadata.ignore_index,
                                             metadata.thing_ids if metadata.task == "panoptic" else None),
-        optimizers=(optimizer, scheduler),
+        optimizers=(optimizer, scheduler), nonfinite_loss=config.nonfinite_loss,
     )
     trainer.train(resume_from_checkpoint=config.resume_from)
     metrics = trainer.evaluate()
@@ -154,4 +236,4 @@ def train_with_trainer(config: TrainConfig, datasets: tuple | None = None,
     return metrics
 
 
-__all__ = ["SegmentationMetrics", "train_with_trainer"]
+__all__ = ["MaskFormerTrainer", "SegmentationMetrics", "train_with_trainer"]

@@ -22,6 +22,17 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 # Parameters that never get weight decay (SPEC §5): normalisation layers, embeddings, position tables.
 NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, nn.Embedding)
 NO_DECAY_NAMES = ("relative_position_bias_table", "position_embeddings", "absolute_pos_embed", "pos_embed")
+NONFINITE_LOSS_MODES = ("stop", "skip")  # TrainConfig.nonfinite_loss
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step met a non-finite loss (or gradient) and ``nonfinite_loss="stop"``: ``step`` is
+    the optimizer step (1-based) that would have taken it, ``image_ids`` the offending batch's images."""
+
+    def __init__(self, step: int, image_ids: list, what: str = "loss") -> None:
+        self.step, self.image_ids = step, list(image_ids)
+        super().__init__(f"step {step}: non-finite {what} on images {self.image_ids}; training stopped before "
+                         f"the optimizer step (nonfinite_loss='skip' skips such steps instead)")
 
 
 def _arg(default: Any, help: str) -> Any:  # noqa: A002
@@ -85,6 +96,8 @@ class TrainConfig:
     push_to_hub: bool = _arg(False, "push the final model, processor and card to the Hub")
     hub_model_id: str | None = _arg(None, "the Hub repository (owner/name) for push_to_hub")
     tta: bool = _arg(False, "evaluate with multi-scale + flip test-time augmentation (semantic)")
+    nonfinite_loss: str = _arg("stop", "on a non-finite loss or gradient: stop (NonFiniteLossError naming the "
+                               "step and image ids) | skip (no optimizer step, a warning naming the image ids)")
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "crop_size")
@@ -95,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"TrainConfig.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.nonfinite_loss not in NONFINITE_LOSS_MODES:
+            raise ValueError(f"TrainConfig.nonfinite_loss must be stop or skip, got {self.nonfinite_loss!r}")
         if not 0 < self.min_scale <= self.max_scale:
             raise ValueError(f"TrainConfig: need 0 < min_scale <= max_scale, got {self.min_scale}, {self.max_scale}")
 
@@ -246,12 +261,14 @@ class AugmentedDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict:
+        from .data.schema import read_example  # an undecodable file: a ValueError naming it
+
         if not isinstance(key, tuple):  # a plain index (e.g. from Trainer's sampler): unseeded randomness
-            return self.transform(self.dataset[key])
+            return self.transform(read_example(self.dataset, key))
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
-            return self.transform(self.dataset[index])
+            return self.transform(read_example(self.dataset, index))
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
@@ -318,6 +335,7 @@ def build_model_and_processor(config: TrainConfig, metadata: Any):
 
 __all__ = [
     "AugmentedDataset",
+    "NonFiniteLossError",
     "EpochBatchSampler",
     "TrainConfig",
     "build_model_and_processor",
