@@ -343,6 +343,10 @@ CLI = [
     Case("train: unknown recipe", _cli("train", "--config", "no-such-recipe"), SystemExit, "2"),
     Case("train: unknown dataset", _cli("train", "--config", "demo", "--dataset", "imagenet", "--data_dir",
                                         "{root}", "--output_dir", "{root}/t"), SystemExit, "2"),
+    Case("train: classes overridden against the data", _cli(
+        "train", "--config", "demo", "--data_dir", "{root}/synthetic", "--synthetic_num_train", "4",
+        "--synthetic_num_val", "2", "--synthetic_size", "64", "--model_overrides", '{{"num_labels": 9}}',
+        "--output_dir", "{root}/t2"), SystemExit, "2"),
     Case("train: mixed precision fp8", _cli("train", "--config", "demo", "--mixed_precision", "fp8"), SystemExit, "2"),
     Case("train: bool flag", _cli("train", "--config", "demo", "--push_to_hub", "maybe"), SystemExit, "2"),
     Case("evaluate: no data", _cli("evaluate", "--model", "{root}/model", "--dataset", "ade20k", "--data_dir",

@@ -314,6 +314,11 @@ def build_model_and_processor(config: TrainConfig, metadata: Any):
     from .image_processing_maskformer import shortest_edge_size
 
     id2label = {int(k): v for k, v in metadata.id2label.items()}
+    overrides = config.model_overrides
+    given = overrides.get("num_labels", len(overrides.get("id2label") or id2label))
+    if given != len(id2label):
+        raise ValueError(f"TrainConfig.model_overrides: {given} classes, but the dataset has {len(id2label)}; the "
+                         "classes come from the dataset, leave num_labels / id2label out of model_overrides")
     stuff = [i for i in id2label if i not in set(metadata.thing_ids)] if metadata.thing_ids else None
     labels = dict(id2label=id2label, label2id={v: k for k, v in id2label.items()}, stuff_label_ids=stuff)
     resize = shortest_edge_size(config.eval_size) if config.eval_size else None
