@@ -257,9 +257,23 @@ def kill_and_resume(tmp_path: Path, data_dir: str, processes: int, recipe: dict,
             "detail": kills}
 
 
+# MASKFORMER_HF_KILLS=N: a stress run with about N kills per test instead of 3 and 2 (docs/reliability.md).
+STRESS_KILLS = int(os.environ.get("MASKFORMER_HF_KILLS", "0"))
+
+
+def kill_plan(default: list[str], max_steps: int, save_every: int) -> tuple[list[str], int]:
+    """The kill moments and the run length: the default, or for a stress run alternating checkpoint and
+    random kills (then the final one), with 3 steps of run per kill."""
+    if STRESS_KILLS <= len(default):
+        return default, max_steps
+    plan = (["checkpoint", "random"] * STRESS_KILLS)[: STRESS_KILLS - 1] + ["final"]
+    return plan, max(max_steps, 3 * save_every * len(plan))
+
+
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_weights(tmp_path, data_dir, record_property):
-    recipe = {**RECIPE, "max_steps": 24, "save_every": 3}
-    figures = kill_and_resume(tmp_path, data_dir, 1, recipe, ["checkpoint", "random", "final"])
+    plan, max_steps = kill_plan(["checkpoint", "random", "final"], 24, 3)
+    recipe = {**RECIPE, "max_steps": max_steps, "save_every": 3}
+    figures = kill_and_resume(tmp_path, data_dir, 1, recipe, plan)
     record_property("kills", figures)
     print(f"single process: {figures['kills']} SIGKILLs survived, {figures['during_checkpoint_write']} during a "
           f"checkpoint write: {figures['detail']}")
@@ -267,15 +281,16 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_weights(tmp_path, data_d
 
 
 def test_sigkilled_torchrun_run_resumes_to_the_uninterrupted_weights(tmp_path, data_dir, record_property):
-    recipe = {**RECIPE, "max_steps": 16, "save_every": 2}
-    figures = kill_and_resume(tmp_path, data_dir, 2, recipe, ["checkpoint", "random"])
+    plan, max_steps = kill_plan(["checkpoint", "random"], 16, 2)
+    recipe = {**RECIPE, "max_steps": max_steps, "save_every": 2}
+    figures = kill_and_resume(tmp_path, data_dir, 2, recipe, plan)
     record_property("kills", figures)
     print(f"torchrun, 2 processes: {figures['kills']} SIGKILLs survived, {figures['during_checkpoint_write']} "
           f"during a checkpoint write: {figures['detail']}")
     assert figures["kills"] >= 2 and figures["during_checkpoint_write"] >= 1
     # One schedule step per global step, as with one process (not one per process).
     lrs = [r["lr"] for r in log_records(tmp_path / "killed") if "lr" in r]
-    assert lrs == pytest.approx([1e-3 * (1 - step / 16) ** 0.9 for step in range(1, 17)], rel=1e-6)
+    assert lrs == pytest.approx([1e-3 * (1 - step / max_steps) ** 0.9 for step in range(1, max_steps + 1)], rel=1e-6)
 
 
 def test_interrupted_renames_leave_a_complete_checkpoint(tmp_path):
