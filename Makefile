@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo app bench bench-train bench-data bench-processing bench-inference clean
+.PHONY: install test demo app bench bench-train bench-data bench-processing bench-inference bench-reliability clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ bench-processing: $(STAMP)
 
 bench-inference: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
+
+# Memory under load: 300 images through the pipeline and the CLI, a 2,000-image evaluation (about 12 min).
+bench-reliability: $(STAMP)
+	$(PY) benchmarks/bench_reliability.py
 
 clean:
 	rm -rf $(VENV) demo_output build *.egg-info src/*.egg-info .pytest_cache
