@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 from .evaluation import evaluate_segmentation
 from .model_card import training_info
 from .precision import cpu_supports_bf16
-from .training import (AugmentedDataset, EpochBatchSampler, NonFiniteLossError, TrainConfig,
-                       build_model_and_processor, create_optimizer_and_scheduler, global_num_masks, load_splits,
-                       train_transforms)
+from .training import (AugmentedDataset, EpochBatchSampler, TrainConfig, build_model_and_processor, copy_buffers,
+                       create_optimizer_and_scheduler, global_num_masks, load_splits, nonfinite_outcome,
+                       restore_buffers, train_transforms)
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class _NonFiniteGuard:
     def begin_step(self) -> None:
         self.losses, self.image_ids = [], []
         if self.mode == "skip":
-            self.saved_buffers = [b.detach().clone() for b in self.model.buffers()]
+            self.saved_buffers = copy_buffers(self.model)
 
     def add(self, loss: torch.Tensor, image_ids: list) -> None:
         self.losses.append(loss)
@@ -357,18 +357,13 @@ class _NonFiniteGuard:
             reports = [report]
         loss_ids = [i for r in reports for i in r["loss"]]
         what, ids = ("loss", loss_ids) if loss_ids else ("gradient", [i for r in reports for i in r["batch"]])
-        if self.mode == "stop":
-            raise NonFiniteLossError(step, ids, what)
-        if self.accelerator.is_main_process:
-            logger.warning("step %d: non-finite %s on images %s; step skipped (no optimizer step)", step, what, ids)
+        nonfinite_outcome(self.mode, step, ids, what, logger if self.accelerator.is_main_process else None)
         return False
 
     def undo(self, optimizer: Any, unscaled: bool) -> None:
         """Drop the step's gradients and restore the buffers its forward passes changed."""
         optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for buffer, saved in zip(self.model.buffers(), self.saved_buffers):
-                buffer.copy_(saved)
+        restore_buffers(self.model, self.saved_buffers)
         if self.scaled and unscaled:  # clip_grad_norm_ unscaled the gradients: the scaler expects update()
             self.accelerator.scaler.update()
 

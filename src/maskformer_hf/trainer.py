@@ -24,8 +24,9 @@ from transformers import Trainer, TrainerCallback
 
 from .inference import panoptic_inference, semantic_inference
 from .metrics import MeanIoU, PanopticQuality
-from .training import (NONFINITE_LOSS_MODES, AugmentedDataset, NonFiniteLossError, TrainConfig,
-                       build_model_and_processor, create_optimizer_and_scheduler, load_splits, train_transforms)
+from .training import (NONFINITE_LOSS_MODES, AugmentedDataset, TrainConfig, build_model_and_processor, copy_buffers,
+                       create_optimizer_and_scheduler, load_splits, nonfinite_outcome, restore_buffers,
+                       train_transforms)
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class NonFiniteGuard(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if model is not None and self.trainer.nonfinite_loss == "skip":
-            self.saved = [b.detach().clone() for b in model.buffers()]
+            self.saved = copy_buffers(model)
         self.trainer.nonfinite_losses, self.trainer.nonfinite_image_ids = 0, []
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -121,18 +122,13 @@ class NonFiniteGuard(TrainerCallback):
             from accelerate.utils import gather_object
 
             ids = gather_object(list(ids))
-        what = "loss" if faults[0] else "gradient"
-        if trainer.nonfinite_loss == "stop":
-            raise NonFiniteLossError(step, ids, what)
+        nonfinite_outcome(trainer.nonfinite_loss, step, ids, "loss" if faults[0] else "gradient",
+                          logger if trainer.is_world_process_zero() else None)
         if not args.fp16:
             for param in model.parameters():
                 param.grad = None
-        with torch.no_grad():
-            for buffer, saved in zip(model.buffers(), self.saved):
-                buffer.copy_(saved)
+        restore_buffers(model, self.saved)
         self.skipped += 1
-        if trainer.is_world_process_zero():
-            logger.warning("step %d: non-finite %s on images %s; step skipped (no optimizer step)", step, what, ids)
 
 
 class MaskFormerTrainer(Trainer):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,27 @@ class NonFiniteLossError(FloatingPointError):
         self.step, self.image_ids = step, list(image_ids)
         super().__init__(f"step {step}: non-finite {what} on images {self.image_ids}; training stopped before "
                          f"the optimizer step (nonfinite_loss='skip' skips such steps instead)")
+
+
+def copy_buffers(model: nn.Module) -> list[Tensor]:
+    """Copies of the model's buffers (BatchNorm running statistics), which a NaN forward pass
+    corrupts: :func:`restore_buffers` puts them back when a step is skipped."""
+    return [buffer.detach().clone() for buffer in model.buffers()]
+
+
+def restore_buffers(model: nn.Module, saved: list[Tensor]) -> None:
+    with torch.no_grad():
+        for buffer, value in zip(model.buffers(), saved):
+            buffer.copy_(value)
+
+
+def nonfinite_outcome(mode: str, step: int, image_ids: list, what: str, log: logging.Logger | None) -> None:
+    """A step met a non-finite ``what`` (loss or gradient): ``stop`` raises :class:`NonFiniteLossError`,
+    ``skip`` warns on ``log`` (the caller's logger; None on processes other than the main one) and returns."""
+    if mode == "stop":
+        raise NonFiniteLossError(step, image_ids, what)
+    if log is not None:
+        log.warning("step %d: non-finite %s on images %s; step skipped (no optimizer step)", step, what, image_ids)
 
 
 def _arg(default: Any, help: str) -> Any:  # noqa: A002
