@@ -175,7 +175,9 @@ def test_cli_export_writes_a_checked_graph(trained_checkpoint, tmp_path, capsys)
     assert cli_main(["export", str(trained_checkpoint), "--format", "onnx", "--with-postprocess", "semantic",
                      "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["ok"] and all(row["semantic_agreement"] == 1.0 for row in report["sizes"])
+    assert report["ok"] and all(row["semantic_agreement_where_decided"] == 1.0 for row in report["sizes"])
+    assert all(0.0 <= row["tied_pixels"] < 0.9 and row["semantic_agreement"] >= 1.0 - row["tied_pixels"]
+               for row in report["sizes"])
     assert cli_main(["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.onnx")]) == 2
     with pytest.raises(SystemExit) as error:
         cli_main(["export", str(trained_checkpoint), "--format", "tflite", "--out", str(out)])

@@ -49,6 +49,7 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 INPUT_NAMES = ("pixel_values", "pixel_mask")
 OUTPUT_NAMES = ("class_queries_logits", "masks_queries_logits", "semantic_map")
 DEFAULT_OPSET = 17
+TIE = 1e-6  # two class scores closer than this (relative to the image's best) are a float tie: see check_export
 MIN_EXPORT_SIZE = 33  # exported programs hold from this height and width on (stride-32 maps of 2 x 2 or more)
 
 
@@ -296,8 +297,11 @@ def check_export(model: nn.Module, path: str | os.PathLike, format: str, *, with
                  tolerance: float = 1e-4) -> dict[str, Any]:
     """Run the written graph and the eager model on random inputs of several sizes (batch, H, W):
     the largest logit difference relative to the logits' magnitude, and whether semantic maps agree.
-    ``ok`` when every size is within `tolerance` (and, with the semantic rule, the maps are equal)."""
-    from .inference import semantic_inference
+    ``ok`` when every size is within `tolerance` and, with the semantic rule, the maps are equal
+    wherever the eager scores decide: a pixel whose two best classes score within `TIE` (relative
+    to the image's best score) is a float tie, which rounding may break either way (random inputs
+    give a half-trained model many: the graph flipped 9 % of such pixels at gaps below 5e-8)."""
+    from .inference import semantic_inference, semantic_scores
 
     run = load_exported(path, format)
     generator = torch.Generator().manual_seed(0)
@@ -313,9 +317,17 @@ def check_export(model: nn.Module, path: str | os.PathLike, format: str, *, with
             row[f"{name}_relative_diff"] = ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
             report["ok"] &= row[f"{name}_relative_diff"] <= tolerance
         if postprocess == "semantic":
-            want = torch.stack(semantic_inference(eager.class_queries_logits, eager.masks_queries_logits, None,
-                                                  [(height, width)] * batch))
-            row["semantic_agreement"] = (outputs[2] == want).float().mean().item()
-            report["ok"] &= row["semantic_agreement"] == 1.0
+            logits, targets = (eager.class_queries_logits, eager.masks_queries_logits), [(height, width)] * batch
+            want = torch.stack(semantic_inference(*logits, None, targets))
+            scores = torch.stack(semantic_scores(*logits, None, targets))  # (B, K, H, W)
+            decided = torch.ones_like(want, dtype=torch.bool)  # one class: nothing to tie with
+            if scores.shape[1] > 1:
+                best = scores.topk(2, dim=1).values
+                decided = (best[:, 0] - best[:, 1]) > TIE * best[:, 0].flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+            same = outputs[2] == want
+            row["semantic_agreement"] = same.float().mean().item()
+            row["tied_pixels"] = 1.0 - decided.float().mean().item()
+            row["semantic_agreement_where_decided"] = same[decided].float().mean().item() if decided.any() else 1.0
+            report["ok"] &= row["semantic_agreement_where_decided"] == 1.0
         report["sizes"].append(row)
     return report
