@@ -13,12 +13,15 @@ queries, 6 decoder layers, 6 classes of the synthetic data), randomly initialise
 ``save_pretrained`` and a processor (shortest edge 256, longest 640) into a folder, and loaded from
 that folder by ``pipeline("image-segmentation", model=folder)`` and by the CLI, as a user would.
 Images: synthetic scenes (``maskformer_hf.data.synthetic.generate_example`` at 256 px, resized) of
-random sizes, height and width each drawn in [256, 640] (seeded), written once as JPEG files.
+random sizes, height and width each drawn in [256, 640] (seeded), written once as JPEG files. The
+last ``N / 10`` of the ``N`` images replay the ``N / 10`` that follow the warm-up (:func:`replayed`):
+an image's memory depends on its size and content, so the two windows whose peaks are compared
+hold the same images, and any difference between them is memory the run kept.
 
 1. **Pipeline**: one call per image, in one process, the subtask cycling panoptic, semantic,
    instance (each subtask sees every third image); the results are dropped as a caller would.
 2. **CLI**: ``python -m maskformer_hf.cli segment IMAGES --model FOLDER --out OUT`` (the entry point
-   of ``maskformer-hf``; panoptic, its default batch size of 4, progress bar on) in a child
+   of ``maskformer-hf``; panoptic, its default batch size (1 on the CPU), progress bar on) in a child
    process, its memory read from ``/proc/PID/status`` every 0.2 s and matched to progress by
    counting the ``*_overlay.png`` files written so far.
 3. **Evaluation**: ``evaluate_segmentation`` (mIoU and PQ accumulators) of a tiny model
@@ -49,6 +52,7 @@ import ctypes
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -179,6 +183,14 @@ def write_images(folder: Path, count: int, sides: tuple[int, int], seed: int = 0
     return paths
 
 
+def replayed(paths: list[Path], count: int, warmup: int) -> list[Path]:
+    """`count` images: the first ``count - warmup`` of `paths`, then images ``[warmup, 2 warmup)``
+    again, so that the window after the warm-up and the last window hold the same images."""
+    if count < 3 * warmup:
+        raise ValueError(f"count: expected at least 3 x warmup = {3 * warmup}, got {count}")
+    return paths[:count - warmup] + paths[warmup:2 * warmup]
+
+
 class CountingDataset:
     """A dataset that samples the process's RSS whenever image ``k * every`` is asked for."""
 
@@ -242,6 +254,8 @@ def measure_cli(checkpoint: Path, image_dir: Path, out_dir: Path, images: int, w
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}: "
                            f"{(out_dir.parent / 'cli_stderr.txt').read_text()[-2000:]}")
     written = sum(1 for name in os.listdir(out_dir) if name.endswith("_overlay.png"))
+    if written != images:
+        raise RuntimeError(f"the CLI wrote {written} overlays for {images} images")
     return {"images": images, "written": written, "command": " ".join(command[1:]), "seconds": seconds,
             "samples_taken": len(samples), "samples": _thin(samples), **figures(samples, warmup)}
 
@@ -346,22 +360,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         work = Path(tmp)
         model = build_checkpoint(work / "model", settings["model"], settings["shortest_edge"], settings["longest_edge"])
-        count = max(settings["pipeline_images"], settings["cli_images"])
+        count = max(settings["pipeline_images"], settings["cli_images"])  # (written, some replayed)
         start = time.perf_counter()
         paths = write_images(work / "images", count, settings["image_sides"])
         print(f"model: {model}; {count} images written in {time.perf_counter() - start:.0f} s", flush=True)
         runs: dict[str, Any] = {}
         if "pipeline" not in args.skip:
             n = settings["pipeline_images"]
-            runs["pipeline"] = measure_pipeline(work / "model", paths[:n], warmup=max(n // 10, 1),
-                                                every=max(n // 30, 1))
+            runs["pipeline"] = measure_pipeline(work / "model", replayed(paths, n, max(n // 10, 1)),
+                                                warmup=max(n // 10, 1), every=max(n // 30, 1))
             print(f"pipeline: {_summary(runs['pipeline'])}", flush=True)
         if "cli" not in args.skip:
             n = settings["cli_images"]
             cli_dir = work / "cli_images"
             cli_dir.mkdir()
-            for path in paths[:n]:
-                (cli_dir / path.name).symlink_to(path)
+            for position, path in enumerate(replayed(paths, n, max(n // 10, 1))):  # named in the CLI's order;
+                shutil.copyfile(path, cli_dir / f"{position:04d}_{path.name}")  # copies: the CLI reads a file once
             runs["cli"] = measure_cli(work / "model", cli_dir, work / "cli_out", n, warmup=max(n // 10, 1))
             print(f"cli: {_summary(runs['cli'])}", flush=True)
         if "evaluation" not in args.skip:

@@ -32,6 +32,14 @@ def test_growth_after_warmup():
         bench_reliability.growth(samples, warmup=40, window=5)
 
 
+def test_the_last_window_replays_the_window_after_the_warm_up():
+    paths = [Path(f"{i}.jpg") for i in range(30)]
+    sequence = bench_reliability.replayed(paths, 30, 3)
+    assert len(sequence) == 30 and sequence[:27] == paths[:27] and sequence[27:] == paths[3:6]
+    with pytest.raises(ValueError, match="at least 3 x warmup"):
+        bench_reliability.replayed(paths, 8, 3)
+
+
 def test_quick_run_reports_every_figure(tmp_path):
     output = tmp_path / "reliability.json"
     subprocess.run([sys.executable, "benchmarks/bench_reliability.py", "--quick", "--pipeline-images", "12",

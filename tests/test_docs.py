@@ -65,7 +65,7 @@ TRAIN_BUDGET = ["--max_steps", "2", "--per_device_batch_size", "2", "--num_worke
 BUDGETS = {  # a piece of the command -> flags appended
     "benchmarks/bench_forward.py": ["--size", "96", "--repeats", "1"],
     "benchmarks/bench_train_step.py": ["--size", "64", "--steps", "1", "--segments", "2", "--repeats", "1"],
-    "benchmarks/bench_processing.py": ["--quick"],
+    "benchmarks/bench_processing.py": ["--quick", "--threads", "1"],
     "benchmarks/bench_inference.py": ["--size", "64", "--batch-sizes", "1", "--repeats", "1", "--modes", "fp32",
                                       "onnxruntime", "--backbones", "resnet50", "--trained-size", "64"],
     "benchmarks/bench_data.py": ["--size", "80", "--crop", "64", "--train-steps", "1", "--batches", "2",
