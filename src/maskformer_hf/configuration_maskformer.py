@@ -87,6 +87,13 @@ def _backbone_config_from(value: dict | PretrainedConfig | None) -> PretrainedCo
     return config
 
 
+# The paper's Table 4 (SPEC §6): MaskFormer's mask classification, and its per-pixel baselines:
+# "per_pixel" (pixel decoder -> 1x1 conv to K class logits, per-pixel cross-entropy) and
+# "per_pixel_plus" (the transformer module with N = K queries, query i's mask read as class i's
+# logit map, per-pixel cross-entropy). MaskFormer-fixed is mask_classification + fixed_matching.
+SEGMENTATION_TYPES = ("mask_classification", "per_pixel", "per_pixel_plus")
+
+
 class MaskFormerConfig(PretrainedConfig):
     r"""Configuration of :class:`MaskFormerModel` and :class:`MaskFormerForUniversalSegmentation`.
 
@@ -142,6 +149,8 @@ class MaskFormerConfig(PretrainedConfig):
         use_auxiliary_loss: bool = True,  # deep supervision on every earlier decoder layer
         output_auxiliary_logits: bool | None = None,  # None: follow use_auxiliary_loss
         fixed_matching: bool = False,  # query c predicts class c (paper ablation, needs N >= K)
+        semantic_loss_weight: float = 0.0,  # not in the paper: per-pixel CE of the semantic inference (small data)
+        segmentation_type: str = "mask_classification",  # or the paper's baselines: per_pixel, per_pixel_plus
         train_num_points: int = 0,  # 0: exact loss on full masks; else point-sampled mode (e.g. 12544)
         oversample_ratio: float = 3.0,  # point mode: candidates per point for importance sampling
         importance_sample_ratio: float = 0.75,  # point mode: share of points picked by uncertainty
@@ -178,6 +187,8 @@ class MaskFormerConfig(PretrainedConfig):
         self.use_auxiliary_loss = use_auxiliary_loss
         self.output_auxiliary_logits = output_auxiliary_logits
         self.fixed_matching = fixed_matching
+        self.segmentation_type = segmentation_type
+        self.semantic_loss_weight = semantic_loss_weight
         self.train_num_points = train_num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
@@ -223,6 +234,13 @@ class MaskFormerConfig(PretrainedConfig):
         need(not self.fixed_matching or self.num_queries >= self.num_labels, "fixed_matching",
              f"num_queries >= num_labels ({self.num_queries} < {self.num_labels})")
         need(isinstance(self.backbone_kwargs, dict), "backbone_kwargs", "a dict")
+        need(self.segmentation_type in SEGMENTATION_TYPES, "segmentation_type", f"one of {SEGMENTATION_TYPES}")
+        need(self.segmentation_type != "per_pixel_plus" or self.num_queries == self.num_labels, "num_queries",
+             f"num_labels ({self.num_labels}) for segmentation_type='per_pixel_plus' (one query per class)")
+        need(self.segmentation_type != "per_pixel" or not self.encoder_feeds_pixel_decoder, "encoder_feeds_pixel_decoder",
+             "False for segmentation_type='per_pixel' (it has no transformer module)")
+        need(self.segmentation_type == "mask_classification" or not self.fixed_matching, "fixed_matching",
+             "False for the per-pixel baselines (they have no matching)")
         need(self.stuff_label_ids is None or all(0 <= i < self.num_labels for i in self.stuff_label_ids),
              "stuff_label_ids", f"None or class ids in [0, num_labels={self.num_labels})")
 

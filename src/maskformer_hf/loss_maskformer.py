@@ -246,12 +246,16 @@ class MaskFormerLoss(nn.Module):
             mask (uniform for matching, importance-sampled for the loss).
         oversample_ratio, importance_sample_ratio: of the importance sampling (3, 0.75).
         chunk: masks per step of the fused mask loss.
+        semantic_weight: weight of an extra per-pixel term (not in the paper; 0 disables it): the
+            cross-entropy of the semantic inference scores ``S_c = sum_q p_q(c) m_q``, normalised over
+            classes, at the mask resolution (:func:`semantic_inference_loss`).
     """
 
     def __init__(self, num_labels: int, no_object_weight: float = 0.1, cross_entropy_weight: float = 1.0,
                  mask_weight: float = 20.0, dice_weight: float = 1.0, focal_alpha: float = 0.25,
                  focal_gamma: float = 2.0, fixed_matching: bool = False, num_points: int = 0,
-                 oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75, chunk: int = 4) -> None:
+                 oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75, chunk: int = 4,
+                 semantic_weight: float = 0.0) -> None:
         super().__init__()
         self.num_labels = num_labels
         self.no_object_weight = no_object_weight
@@ -262,6 +266,7 @@ class MaskFormerLoss(nn.Module):
         self.num_points, self.oversample_ratio = num_points, oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
         self.chunk = chunk
+        self.semantic_weight = semantic_weight
 
     def match(self, class_logits: Tensor, mask_logits: Tensor, mask_labels: list[Tensor],
               class_labels: list[Tensor]) -> list[list[Indices]]:
@@ -316,6 +321,11 @@ class MaskFormerLoss(nn.Module):
             terms[f"loss_cross_entropy{suffix}"] = ce * self.weights["loss_cross_entropy"]
             terms[f"loss_mask{suffix}"] = focal[layer] / num_masks * self.weights["loss_mask"]
             terms[f"loss_dice{suffix}"] = dice[layer] / num_masks * self.weights["loss_dice"]
+            if self.semantic_weight:
+                if layer == 0:
+                    pixel_target = downsampled_targets(mask_labels, class_labels, mask_logits.shape[-2:])
+                terms[f"loss_semantic{suffix}"] = self.semantic_weight * semantic_inference_loss(
+                    class_logits[layer], mask_logits[layer], pixel_target)
         return sum(terms.values()), terms
 
     def _mask_terms(self, mask_logits: Tensor, mask_labels: list[Tensor], matches: list[list[Indices]],
@@ -359,6 +369,78 @@ class MaskFormerLoss(nn.Module):
             dice = dice_loss(upsampled, soft)
         per_layer = lambda values: torch.zeros(num_layers, device=values.device).index_add(0, layer_index, values)  # noqa: E731
         return per_layer(focal), per_layer(dice)
+
+
+def semantic_targets(mask_labels: list[Tensor], class_labels: list[Tensor], ignore_index: int = -100) -> Tensor:
+    """Per-pixel class targets from per-segment masks: `(B, H, W)` int64, ``ignore_index`` where no
+    mask covers the pixel (void, padding). Masks of one image must not overlap (where they do, the
+    first segment wins); soft masks count where they exceed 0.5.
+
+    Args:
+        mask_labels: per image `(N_b, H, W)` masks, all of one size.
+        class_labels: per image `(N_b,)` class ids.
+    """
+    targets = []
+    for masks, labels in zip(mask_labels, class_labels):
+        if masks.shape[0] == 0:
+            targets.append(torch.full(masks.shape[1:], ignore_index, dtype=torch.int64, device=masks.device))
+            continue
+        covered = masks > 0.5  # (N, H, W)
+        first = covered.to(torch.uint8).argmax(0)  # the first covering segment (0 where none)
+        targets.append(torch.where(covered.any(0), labels.to(masks.device, torch.int64)[first], ignore_index))
+    return torch.stack(targets)
+
+
+def downsampled_targets(mask_labels: list[Tensor], class_labels: list[Tensor], size: tuple[int, int]) -> Tensor:
+    """:func:`semantic_targets` nearest-downsampled to ``size`` (the mask resolution): `(B, h, w)`."""
+    target = semantic_targets(mask_labels, class_labels)
+    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+
+
+def semantic_inference_loss(class_logits: Tensor, mask_logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy of MaskFormer's semantic inference at every labelled pixel.
+
+    ``S_c[h, w] = sum_q softmax(class_logits[q])[c] * sigmoid(mask_logits[q, h, w])`` over the K real
+    classes, normalised over classes; the mean of ``-log S_y / sum_c S_c`` over pixels whose target
+    ``y`` is not -100 (0 when none is labelled).
+
+    Args:
+        class_logits: `(B, Q, K + 1)`.
+        mask_logits: `(B, Q, h, w)`.
+        target: `(B, h, w)` int64 class ids, -100 ignored.
+    """
+    probs = class_logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
+    scores = torch.einsum("bqk,bqhw->bkhw", probs, mask_logits.float().sigmoid())
+    log_scores = torch.log(scores.clamp(min=1e-8)) - torch.log(scores.sum(1, keepdim=True).clamp(min=1e-8))
+    labelled = (target >= 0).sum().clamp(min=1)
+    return F.nll_loss(log_scores, target, ignore_index=-100, reduction="sum") / labelled
+
+
+class PerPixelLoss(nn.Module):
+    """The per-pixel baselines' loss (SPEC §6, Table 4): cross-entropy of K class logits at every
+    labelled pixel, logits bilinearly upsampled to the label resolution, averaged over labelled
+    pixels; one term per supervised layer (deep supervision for PerPixelBaseline+)."""
+
+    def __init__(self, num_labels: int, cross_entropy_weight: float = 1.0) -> None:
+        super().__init__()
+        self.num_labels, self.weight = num_labels, cross_entropy_weight
+
+    def forward(self, logits: Tensor, mask_labels: list[Tensor], class_labels: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``logits`` `(L, B, K, h, w)`; labels as :class:`MaskFormerLoss`. Returns the total and
+        ``loss_cross_entropy`` (last layer) / ``loss_cross_entropy_{l}`` terms."""
+        num_layers, batch_size, num_classes = logits.shape[:3]
+        _check_labels(mask_labels, class_labels, batch_size, self.num_labels)
+        if num_classes != self.num_labels:
+            raise ValueError(f"logits: expected {self.num_labels} class maps, got {num_classes}")
+        target = semantic_targets([m.to(logits.device) for m in mask_labels], class_labels)  # (B, H, W)
+        labelled = (target >= 0).sum().clamp(min=1)
+        terms = {}
+        for layer in range(num_layers):
+            upsampled = F.interpolate(logits[layer].float(), size=target.shape[-2:], mode="bilinear",
+                                      align_corners=False)
+            ce = F.cross_entropy(upsampled, target, ignore_index=-100, reduction="sum") / labelled
+            terms["loss_cross_entropy" + ("" if layer == num_layers - 1 else f"_{layer}")] = ce * self.weight
+        return sum(terms.values()), terms
 
 
 def _check_labels(mask_labels, class_labels, batch_size: int, num_labels: int) -> None:

@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 
 from .backbones import MaskFormerBackbone
 from .configuration_maskformer import MaskFormerConfig
-from .loss_maskformer import MaskFormerLoss
+from .loss_maskformer import MaskFormerLoss, PerPixelLoss
 from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, mask_logits, matched_mask_logits, zero_padding
 from .transformer_decoder import DecoderLayer, EncoderLayer, FeedForward, MaskFormerTransformerModule, MultiHeadAttention
 
@@ -90,7 +90,7 @@ class MaskFormerFeatures:
 
     backbone_maps: list[Tensor]  # four (B, C_i, H/s_i, W/s_i)
     fpn_maps: list[Tensor]  # strides 16, 8, 4, each (B, fpn_feature_size, h, w)
-    decoder_states: Tensor  # (num_decoder_layers, B, num_queries, hidden_size), normalised
+    decoder_states: Tensor | None  # (num_decoder_layers, B, num_queries, hidden_size), normalised; None: no transformer
 
 
 class MaskFormerPreTrainedModel(PreTrainedModel):
@@ -177,7 +177,7 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
         fpn_inputs = self.backbone.channels[:-1] + [config.hidden_size] if self.encoder_feeds_pixel_decoder \
             else self.backbone.channels
         self.pixel_decoder = MaskFormerPixelDecoder(fpn_inputs, config.fpn_feature_size, config.mask_feature_size)
-        self.transformer_module = MaskFormerTransformerModule(
+        self.transformer_module = None if config.segmentation_type == "per_pixel" else MaskFormerTransformerModule(
             in_channels=self.backbone.channels[-1],
             hidden_size=config.hidden_size,
             num_queries=config.num_queries,
@@ -202,6 +202,8 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
     def decode_features(self, backbone_maps: list[Tensor], masks: list[Tensor] | None) -> MaskFormerFeatures:
         """Transformer module and FPN over the four backbone maps (and their valid-position masks,
         None when nothing is padded): the part of :meth:`compute_features` after the backbone."""
+        if self.transformer_module is None:  # the per-pixel baseline: the FPN only
+            return MaskFormerFeatures(backbone_maps, self.pixel_decoder(backbone_maps, masks), None)
         top_mask = None if masks is None else masks[-1]
         memory, memory_pos, key_mask = self.transformer_module.encode(backbone_maps[-1], top_mask)
         fpn_inputs = backbone_maps
@@ -226,7 +228,7 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
         output = MaskFormerModelOutput(
             encoder_last_hidden_state=features.backbone_maps[-1],
             pixel_decoder_last_hidden_state=self.pixel_decoder.mask_projection(features.fpn_maps[-1]),
-            transformer_decoder_last_hidden_state=features.decoder_states[-1],
+            transformer_decoder_last_hidden_state=_last(features.decoder_states),
             **_hidden_states(features, output_hidden_states),
         )
         return output if return_dict else output.to_tuple()
@@ -293,10 +295,15 @@ def _flag(value: bool | None, default: bool | None) -> bool:
     return bool(default) if value is None else bool(value)
 
 
+def _last(states: Tensor | None) -> Tensor | None:
+    return None if states is None else states[-1]
+
+
 def _hidden_states(features: MaskFormerFeatures, wanted: bool) -> dict[str, Any]:
     if not wanted:
         return {}
-    encoder, fpn, decoder = tuple(features.backbone_maps), tuple(features.fpn_maps), tuple(features.decoder_states)
+    encoder, fpn = tuple(features.backbone_maps), tuple(features.fpn_maps)
+    decoder = () if features.decoder_states is None else tuple(features.decoder_states)
     return dict(encoder_hidden_states=encoder, pixel_decoder_hidden_states=fpn,
                 transformer_decoder_hidden_states=decoder, hidden_states=encoder + fpn + decoder)
 
@@ -320,15 +327,68 @@ class MaskEmbedder(nn.Module):
         return x
 
 
+NO_CLASS_LOGIT = -1e4  # exp() of it is 0 in float32: a one-hot class distribution from finite logits
+MAX_MASK_LOGIT = 80.0  # sigmoid(-80) ~ 1.8e-35 is still a normal float32
+
+
+def probability_logits(logits: Tensor, dim: int = -3) -> Tensor:
+    """``logit(softmax(logits, dim))`` computed stably, clamped to ±80: sigmoid of the result is each
+    class's softmax probability, without the ties that saturated sigmoids of raw logits would make.
+
+    For every class but the top one p <= 1/2, so ``log(1 - p) = log1p(-p)`` is exact; for the top one
+    ``log(1 - p)`` is the log-sum-exp of the other classes minus that of all.
+    """
+    logits = logits.float()
+    log_p = torch.log_softmax(logits, dim)
+    top = logits.argmax(dim, keepdim=True)
+    others = torch.logsumexp(logits.scatter(dim, top, float("-inf")), dim, keepdim=True) \
+        - torch.logsumexp(logits, dim, keepdim=True)
+    log_not_p = torch.log1p(-log_p.exp().clamp(max=0.5)).scatter(dim, top, others)
+    return (log_p - log_not_p).clamp(-MAX_MASK_LOGIT, MAX_MASK_LOGIT)
+
+
+def class_maps_as_queries(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """The per-pixel baselines' K class logit maps in MaskFormer's output form, so that every
+    ``post_process_*`` method, the pipeline and the evaluation read them unchanged: query c is
+    class c with certainty, its mask the class's per-pixel probability. Semantic inference
+    (``argmax_c sum_q p_q(c) m_q``) then gives exactly the per-pixel argmax.
+
+    Args:
+        logits: `(..., K, h, w)` class logits.
+
+    Returns:
+        ``class_queries_logits`` `(..., K, K + 1)` (0 on the diagonal, -1e4 elsewhere) and
+        ``masks_queries_logits`` `(..., K, h, w)` = :func:`probability_logits`.
+    """
+    num_classes = logits.shape[-3]
+    eye = torch.eye(num_classes, num_classes + 1, device=logits.device)
+    class_logits = ((1.0 - eye) * NO_CLASS_LOGIT).expand(*logits.shape[:-3], num_classes, num_classes + 1)
+    return class_logits, probability_logits(logits, dim=-3)
+
+
 class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
     """MaskFormer with its class head (K + 1 classes) and mask head; semantic, instance and panoptic
-    segmentation all come from these two outputs (post-processing in :mod:`maskformer_hf.inference`)."""
+    segmentation all come from these two outputs (post-processing in :mod:`maskformer_hf.inference`).
+
+    ``config.segmentation_type`` selects the paper's per-pixel baselines instead (Table 4):
+    ``"per_pixel"`` (a 1x1 convolution to K classes on the per-pixel embeddings) and
+    ``"per_pixel_plus"`` (N = K queries, query c's mask logits read as class c's logit map), both
+    trained with per-pixel cross-entropy and returned in the same output form
+    (:func:`class_maps_as_queries`)."""
 
     def __init__(self, config: MaskFormerConfig) -> None:
         super().__init__(config)
         self.model = MaskFormerModel(config)
+        kind = config.segmentation_type
+        if kind == "per_pixel":
+            self.pixel_classifier = nn.Conv2d(config.mask_feature_size, config.num_labels, kernel_size=1)
+        else:
+            self.mask_embedder = MaskEmbedder(config.hidden_size, config.mask_feature_size)
+        if kind != "mask_classification":
+            self.criterion = PerPixelLoss(config.num_labels, cross_entropy_weight=config.cross_entropy_weight)
+            self.post_init()
+            return
         self.class_predictor = nn.Linear(config.hidden_size, config.num_labels + 1)
-        self.mask_embedder = MaskEmbedder(config.hidden_size, config.mask_feature_size)
         self.criterion = MaskFormerLoss(
             config.num_labels,
             no_object_weight=config.no_object_weight,
@@ -339,6 +399,7 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
             num_points=config.train_num_points,
             oversample_ratio=config.oversample_ratio,
             importance_sample_ratio=config.importance_sample_ratio,
+            semantic_weight=config.semantic_loss_weight,
         )
         self.post_init()
 
@@ -381,6 +442,10 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
         features = self.model.compute_features(pixel_values, pixel_mask)
         if compute_loss:
             check_mask_label_sizes(mask_labels, pixel_values)
+        if config.segmentation_type != "mask_classification":
+            output = self._per_pixel_forward(features, mask_labels, class_labels, output_hidden_states,
+                                             output_auxiliary_logits, pixel_mask)
+            return output if return_dict else output.to_tuple()
         states = features.decoder_states  # (L, B, Q, D)
         if not (output_auxiliary_logits or (compute_loss and config.use_auxiliary_loss)):
             states = states[-1:]
@@ -422,3 +487,36 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
             pixel_mask=pixel_mask,
         )
         return output if return_dict else output.to_tuple()
+
+    def _per_pixel_forward(self, features: MaskFormerFeatures, mask_labels: list[Tensor] | None,
+                           class_labels: list[Tensor] | None, output_hidden_states: bool,
+                           output_auxiliary_logits: bool, pixel_mask: Tensor | None) -> MaskFormerForUniversalSegmentationOutput:
+        """The baselines' heads and loss: class logit maps `(L, B, K, h, w)`, per-pixel cross-entropy."""
+        config, projection, fpn_map = self.config, self.model.pixel_decoder.mask_projection, features.fpn_maps[-1]
+        pixel_embeddings = projection(fpn_map) if output_hidden_states or config.segmentation_type == "per_pixel" \
+            else None
+        if config.segmentation_type == "per_pixel":
+            class_maps = self.pixel_classifier(pixel_embeddings)[None]  # (1, B, K, h, w)
+        else:
+            states = features.decoder_states
+            deep = output_auxiliary_logits or (mask_labels is not None and config.use_auxiliary_loss)
+            embeddings = self.mask_embedder(states if deep else states[-1:]).transpose(0, 1)  # (B, L', K, C_E)
+            class_maps = mask_logits(embeddings, fpn_map, projection).transpose(0, 1)  # (L', B, K, h, w)
+        loss = loss_dict = None
+        if mask_labels is not None:
+            supervised = class_maps if config.use_auxiliary_loss else class_maps[-1:]
+            loss, loss_dict = self.criterion(supervised, mask_labels, class_labels)
+        class_logits, masks = class_maps_as_queries(class_maps)
+        auxiliary = [{"class_queries_logits": c, "masks_queries_logits": m} for c, m in zip(class_logits[:-1], masks[:-1])]
+        return MaskFormerForUniversalSegmentationOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            class_queries_logits=class_logits[-1],
+            masks_queries_logits=masks[-1],
+            auxiliary_logits=auxiliary if output_auxiliary_logits and config.segmentation_type == "per_pixel_plus" else None,
+            encoder_last_hidden_state=features.backbone_maps[-1],
+            pixel_decoder_last_hidden_state=pixel_embeddings if output_hidden_states else None,
+            transformer_decoder_last_hidden_state=_last(features.decoder_states),
+            **_hidden_states(features, output_hidden_states),
+            pixel_mask=pixel_mask,
+        )

@@ -24,6 +24,25 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, nn.Embedding)
 NO_DECAY_NAMES = ("relative_position_bias_table", "position_embeddings", "absolute_pos_embed", "pos_embed")
 NONFINITE_LOSS_MODES = ("stop", "skip")  # TrainConfig.nonfinite_loss
+# TrainConfig.variant -> MaskFormerConfig fields (num_queries = K is added for the one-query-per-class ones).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "maskformer": {"segmentation_type": "mask_classification", "fixed_matching": False},
+    "maskformer-fixed": {"segmentation_type": "mask_classification", "fixed_matching": True},
+    "per-pixel": {"segmentation_type": "per_pixel", "fixed_matching": False},
+    "per-pixel-plus": {"segmentation_type": "per_pixel_plus", "fixed_matching": False},
+}
+
+
+def variant_overrides(variant: str | None, num_labels: int) -> dict[str, Any]:
+    """The MaskFormerConfig fields of a :data:`VARIANTS` name for ``num_labels`` classes ({} for None)."""
+    if variant is None:
+        return {}
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    fields = dict(VARIANTS[variant])
+    if variant != "maskformer":
+        fields["num_queries"] = num_labels
+    return fields
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -94,6 +113,8 @@ class TrainConfig:
     model: str = _arg("swin-tiny", "a preset of maskformer_hf.PRESETS, a local checkpoint or a Hub id "
                       "(a checkpoint is fine-tuned; its classifier is re-sized to the dataset's classes)")
     model_overrides: dict[str, Any] = _arg(dict, "MaskFormerConfig fields, as JSON (e.g. '{\"num_queries\": 50}')")
+    variant: str | None = _arg(None, "maskformer | maskformer-fixed | per-pixel | per-pixel-plus: the paper's Table 4 "
+                               "models (the baselines and fixed matching use one query per class); None: the model's own")
     pretrained_backbone: bool = _arg(True, "ImageNet backbone weights for a preset (downloads once)")
     # Optimisation (SPEC §5)
     max_steps: int = _arg(160_000, "optimizer steps in the whole run")
@@ -132,6 +153,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.nonfinite_loss not in NONFINITE_LOSS_MODES:
             raise ValueError(f"TrainConfig.nonfinite_loss must be stop or skip, got {self.nonfinite_loss!r}")
+        if self.variant is not None and self.variant not in VARIANTS:
+            raise ValueError(f"TrainConfig.variant must be one of {sorted(VARIANTS)} or None, got {self.variant!r}")
         if not 0 < self.min_scale <= self.max_scale:
             raise ValueError(f"TrainConfig: need 0 < min_scale <= max_scale, got {self.min_scale}, {self.max_scale}")
 
@@ -343,15 +366,16 @@ def build_model_and_processor(config: TrainConfig, metadata: Any):
                          "classes come from the dataset, leave num_labels / id2label out of model_overrides")
     stuff = [i for i in id2label if i not in set(metadata.thing_ids)] if metadata.thing_ids else None
     labels = dict(id2label=id2label, label2id={v: k for k, v in id2label.items()}, stuff_label_ids=stuff)
+    overrides = {**config.model_overrides, **variant_overrides(config.variant, len(id2label))}
     resize = shortest_edge_size(config.eval_size) if config.eval_size else None
     if config.model in PRESETS:
         model_config = MaskFormerConfig.from_preset(
-            config.model, use_pretrained_backbone=config.pretrained_backbone, **{**labels, **config.model_overrides})
+            config.model, use_pretrained_backbone=config.pretrained_backbone, **{**labels, **overrides})
         model = MaskFormerForUniversalSegmentation(model_config)
         processor = MaskFormerImageProcessor(do_resize=resize is not None, size=resize, size_divisor=32)
     else:
         model = MaskFormerForUniversalSegmentation.from_pretrained(config.model, ignore_mismatched_sizes=True,
-                                                                   **{**labels, **config.model_overrides})
+                                                                   **{**labels, **overrides})
         processor = MaskFormerImageProcessor.from_pretrained(config.model)
         if resize is not None:
             processor.do_resize, processor.size = True, resize
@@ -365,6 +389,7 @@ __all__ = [
     "NonFiniteLossError",
     "EpochBatchSampler",
     "TrainConfig",
+    "VARIANTS",
     "build_model_and_processor",
     "create_optimizer_and_scheduler",
     "global_num_masks",
@@ -372,4 +397,5 @@ __all__ = [
     "load_splits",
     "parameter_groups",
     "train_transforms",
+    "variant_overrides",
 ]

@@ -194,6 +194,7 @@ def write_synthetic_dataset(
     size: int = 128,
     seed: int = 0,
     layouts: Sequence[str] = ("ade20k", "coco"),
+    scenes: Any = None,
 ) -> dict[str, Path]:
     """Generate and write the dataset; returns ``{"ade20k": DIR/ADEChallengeData2016, "coco": DIR/coco}``.
 
@@ -201,8 +202,10 @@ def write_synthetic_dataset(
         out_dir: created if needed; existing files of the same names are overwritten.
         num_train / num_val: images per split.
         size: image side in pixels.
-        seed: the dataset seed.
+        seed: the dataset seed (of the images; ``scenes`` has its own for the classes).
         layouts: which layouts to write (``"ade20k"``, ``"coco"``).
+        scenes: None for this module's 6-class set, or a
+            :class:`maskformer_hf.data.synthetic_scenes.SceneGenerator` (any class count).
     """
     unknown = set(layouts) - {"ade20k", "coco"}
     if unknown:
@@ -211,12 +214,18 @@ def write_synthetic_dataset(
         raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
     out_dir = Path(out_dir)
     roots = {"ade20k": out_dir / "ADEChallengeData2016", "coco": out_dir / "coco"}
-    if "ade20k" in layouts:
+    if scenes is None:
         classes = [{"name": name, "isthing": label in THING_IDS} for label, name in enumerate(CLASS_NAMES)]
+        category_ids, generate = list(COCO_CATEGORY_IDS), generate_example
+    else:
+        classes, category_ids, generate = scenes.classes, list(range(1, len(scenes.classes) + 1)), scenes
+    if len(classes) > 254 and "ade20k" in layouts:
+        raise ValueError(f"scenes: the ADE20K layout stores labels in uint8 PNGs, at most 254 classes, got {len(classes)}")
+    if "ade20k" in layouts:
         roots["ade20k"].mkdir(parents=True, exist_ok=True)
         (roots["ade20k"] / "classes.json").write_text(json.dumps({"classes": classes}, indent=1))
-    categories = [{"id": cid, "name": name, "isthing": int(label in THING_IDS), "supercategory": "synthetic"}
-                  for label, (cid, name) in enumerate(zip(COCO_CATEGORY_IDS, CLASS_NAMES))]
+    categories = [{"id": cid, "name": c["name"], "isthing": int(c["isthing"]), "supercategory": "synthetic"}
+                  for cid, c in zip(category_ids, classes)]
     for split, count in (("train", num_train), ("validation", num_val)):
         ade_split, coco_split = ("training", "train2017") if split == "train" else ("validation", "val2017")
         dirs = {"ade_img": roots["ade20k"] / "images" / ade_split, "ade_ann": roots["ade20k"] / "annotations" / ade_split,
@@ -227,7 +236,7 @@ def write_synthetic_dataset(
         images, annotations = [], []
         for index in range(count):
             rng = np.random.default_rng([seed, _SPLITS[split], index])
-            image, ids, segments = generate_example(rng, size)
+            image, ids, segments = generate(rng, size)
             stem = f"synthetic_{index:06d}"
             if "ade20k" in layouts:
                 Image.fromarray(image).save(dirs["ade_img"] / f"{stem}.jpg", quality=92)
@@ -237,7 +246,7 @@ def write_synthetic_dataset(
                 Image.fromarray(id_to_rgb(ids)).save(dirs["coco_png"] / f"{stem}.png")
                 images.append({"id": index, "file_name": f"{stem}.jpg", "height": size, "width": size})
                 annotations.append({"image_id": index, "file_name": f"{stem}.png", "segments_info": [
-                    {"id": s["id"], "category_id": COCO_CATEGORY_IDS[s["label_id"]], "iscrowd": 0,
+                    {"id": s["id"], "category_id": category_ids[s["label_id"]], "iscrowd": 0,
                      "area": s["area"], "bbox": s["bbox"]} for s in segments]})
         if "coco" in layouts:
             (roots["coco"] / "annotations").mkdir(parents=True, exist_ok=True)
