@@ -370,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     card_parser(commands.add_parser("card", help="(re)write a checkpoint's model card from its metrics and recipe"))
     convert_parser(commands.add_parser("convert", help="convert a transformers or original (detectron2) checkpoint"))
     export_parser(commands.add_parser("export", help="export the inference graph (ONNX, TorchScript, torch.export)"))
+    from .ablation import ablation_parser
+
+    ablation_parser(commands.add_parser("ablate", help="the paper's Table 4 and queries ablation in miniature; "
+                                        "writes RESULTS.md"))
     commands.add_parser("recipes", help="list the shipped training recipes")
     return parser
 
@@ -400,6 +404,13 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         return run_convert(args)
     if args.command == "export":
         return run_export(args)
+    if args.command == "ablate":
+        from .ablation import plan_from_args, run_ablation
+
+        plan = plan_from_args(args)
+        run_ablation(plan, args.results)
+        print(f"results: {args.results or Path(plan.out_dir) / 'RESULTS.md'}")
+        return 0
     if args.command == "train":
         run_train(args, command=["maskformer-hf", *(sys.argv[1:] if argv is None else argv)])
     elif args.command == "evaluate":

@@ -36,6 +36,14 @@ def _ground_truth(example: dict, transform: SegmentationTransform, ignore_index:
     return {"image": out["image"], "semantic": semantic, "segments": segments, "segments_info": out["segments_info"]}
 
 
+def semantic_as_segments(semantic: Tensor, ignore_index: int) -> tuple[Tensor, list[dict[str, int]]]:
+    """A semantic map as a panoptic one with one segment per class present (id = class + 1, 0 on
+    ``ignore_index``): how the paper scores PQ on stuff (PQ_St) for semantic data (Table 4)."""
+    segments = torch.where(semantic == ignore_index, 0, semantic.long() + 1)
+    classes = [int(c) for c in torch.unique(semantic) if int(c) != ignore_index]
+    return segments, [{"id": c + 1, "label_id": c} for c in classes]
+
+
 @torch.no_grad()
 def evaluate_segmentation(
     model: Any,
@@ -69,6 +77,8 @@ def evaluate_segmentation(
     Returns:
         ``mean_iou``, ``mean_accuracy``, ``overall_accuracy``, ``per_category_iou`` ... and, for
         panoptic data, ``pq``, ``sq``, ``rq``, ``pq_things``, ``pq_stuff`` ... (see :mod:`maskformer_hf.metrics`).
+        For semantic data ``pq_stuff`` is the paper's PQ_St: every class region of the semantic
+        maps is one stuff segment (:func:`semantic_as_segments`).
     """
     from .inference import semantic_inference_tta
 
@@ -80,6 +90,7 @@ def evaluate_segmentation(
     num_labels = len(metadata.id2label)
     miou = MeanIoU(num_labels, ignore_index=metadata.ignore_index)
     pq = PanopticQuality(num_labels, metadata.thing_ids) if is_panoptic else None
+    pq_semantic = None if is_panoptic else PanopticQuality(num_labels, [])
     stuff = [i for i in range(num_labels) if i not in set(metadata.thing_ids)]
     indices = list(range(rank, len(dataset), num_processes))
     bar = tqdm(total=len(indices), desc="evaluating", disable=not progress, leave=False)
@@ -96,6 +107,11 @@ def evaluate_segmentation(
         if not tta:
             maps = image_processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
         miou.update([m.cpu() for m in maps], [t["semantic"] for t in truths])
+        if pq_semantic is not None:
+            predicted = [semantic_as_segments(m.cpu(), metadata.ignore_index) for m in maps]
+            reference = [semantic_as_segments(t["semantic"], metadata.ignore_index) for t in truths]
+            pq_semantic.update([p[0] for p in predicted], [p[1] for p in predicted],
+                               [r[0] for r in reference], [r[1] for r in reference])
         if pq is not None:
             results = image_processor.post_process_panoptic_segmentation(
                 outputs, threshold=threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
@@ -107,13 +123,16 @@ def evaluate_segmentation(
     model.train(was_training)
     if reduce_sum is not None and num_processes > 1:
         miou.confusion = reduce_sum(miou.confusion.to(device)).cpu()
-        if pq is not None:
-            total = reduce_sum(pq.statistics.to_tensor().to(device)).cpu()
-            pq.statistics = PanopticQualityStatistics.from_tensor(total)
+        for metric in (pq, pq_semantic):
+            if metric is not None:
+                total = reduce_sum(metric.statistics.to_tensor().to(device)).cpu()
+                metric.statistics = PanopticQualityStatistics.from_tensor(total)
     results = miou.compute()
     if pq is not None:
         results.update(pq.compute())
+    if pq_semantic is not None:
+        results["pq_stuff"] = pq_semantic.compute()["pq_stuff"]
     return results
 
 
-__all__ = ["evaluate_segmentation"]
+__all__ = ["evaluate_segmentation", "semantic_as_segments"]

@@ -110,6 +110,9 @@ class MaskFormerGraph(nn.Module):
         if not hasattr(model, "model") or not hasattr(model.model, "decode_features"):
             raise TypeError("model: expected a maskformer_hf MaskFormerForUniversalSegmentation, "
                             f"got {type(model).__name__}")
+        if model.config.segmentation_type != "mask_classification":
+            raise ValueError(f"model: segmentation_type={model.config.segmentation_type!r}; export covers mask "
+                             "classification models (the per-pixel baselines run eagerly)")
         self.segmenter = model
         self.postprocess = postprocess
 

@@ -397,8 +397,11 @@ def optimize(model: nn.Module, mode: str = "auto", *, example: Tensor | None = N
         min_agreement: the share of semantic pixels a mode must give as fp32 does.
         use_cache: read and write the cached decision.
     """
-    if not isinstance(model, nn.Module) or not hasattr(model, "class_predictor"):
+    if not isinstance(model, nn.Module) or not hasattr(getattr(model, "config", None), "segmentation_type"):
         raise TypeError(f"model: expected a MaskFormerForUniversalSegmentation, got {type(model).__name__}")
+    if model.config.segmentation_type != "mask_classification":
+        raise ValueError(f"model: segmentation_type={model.config.segmentation_type!r}; optimize covers mask "
+                         "classification models (the per-pixel baselines run eagerly)")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("optimize: the modes are CPU modes; the model is on "
                          f"{next(model.parameters()).device} (use torch.compile there)")
