@@ -129,6 +129,17 @@ def _thing_pattern(rng: np.random.Generator, label: int, yy: np.ndarray, xx: np.
     return ((yy + oy) % period) < period / 2
 
 
+def free_spot(rng: np.random.Generator, size: int, r: float,
+              placed: list[tuple[float, float, float]]) -> tuple[float, float] | None:
+    """A centre for a shape of radius ``r`` inside the image, 4 px clear of the ``placed`` ones
+    ``(cy, cx, r)``: up to 20 random tries, None when all fail."""
+    for _attempt in range(20):
+        cy, cx = rng.uniform(r + 2, size - r - 2, size=2)
+        if all((cy - y) ** 2 + (cx - x) ** 2 > (r + rr + 4) ** 2 for y, x, rr in placed):
+            return float(cy), float(cx)
+    return None
+
+
 def generate_example(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """One synthetic image.
 
@@ -163,12 +174,10 @@ def generate_example(rng: np.random.Generator, size: int = 128) -> tuple[np.ndar
     for _ in range(int(rng.integers(2, 5))):
         label = int(rng.integers(0, 3))
         r = rng.uniform(0.15, 0.23) * size
-        for _attempt in range(20):
-            cy, cx = rng.uniform(r + 2, size - r - 2, size=2)
-            if all((cy - y) ** 2 + (cx - x) ** 2 > (r + rr + 4) ** 2 for y, x, rr in placed):
-                break
-        else:
+        spot = free_spot(rng, size, r, placed)
+        if spot is None:
             continue
+        cy, cx = spot
         placed.append((cy, cx, r))
         mask = _thing_mask(label, cy, cx, r, rng.uniform(-math.pi / 12, math.pi / 12), yy, xx)
         first, second = _contrasting_pair(rng)
@@ -178,13 +187,18 @@ def generate_example(rng: np.random.Generator, size: int = 128) -> tuple[np.ndar
         counts[label] += 1
         ids[mask] = 1000 * (label + 1) + counts[label]
     image = np.clip(image + rng.normal(0.0, 0.025, image.shape), 0.0, 1.0)
+    return (image * 255 + 0.5).astype(np.uint8), ids, segments_of(ids)
+
+
+def segments_of(ids: np.ndarray) -> list[dict[str, Any]]:
+    """The segments of a segment-id map (ids ``1000·(label+1) + k``), as :func:`generate_example` returns them."""
     segments = []
     for segment_id in np.unique(ids):
         ys, xs = np.nonzero(ids == segment_id)
         segments.append({"id": int(segment_id), "label_id": int(segment_id // 1000 - 1), "iscrowd": False,
                          "area": int(ys.size), "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1,
                                                         int(np.ptp(ys)) + 1]})
-    return (image * 255 + 0.5).astype(np.uint8), ids, segments
+    return segments
 
 
 def write_synthetic_dataset(

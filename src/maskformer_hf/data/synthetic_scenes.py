@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .synthetic import free_spot, segments_of
+
 SHAPES: tuple[str, ...] = ("disc", "square", "triangle", "diamond", "cross", "ring", "ellipse", "hexagon")
 PATTERNS: tuple[str, ...] = ("stripes", "checker", "dots", "waves", "grid")
 ANGLES: tuple[int, ...] = (0, 45, 90, 135)
@@ -155,12 +157,10 @@ class SceneGenerator:
             thing = int(rng.integers(self.num_things))
             label = self.num_stuff + thing
             r = rng.uniform(0.13, 0.22) * size
-            for _attempt in range(20):
-                cy, cx = rng.uniform(r + 2, size - r - 2, size=2)
-                if all((cy - y) ** 2 + (cx - x) ** 2 > (r + rr + 4) ** 2 for y, x, rr in placed):
-                    break
-            else:
+            spot = free_spot(rng, size, r, placed)
+            if spot is None:
                 continue
+            cy, cx = spot
             mask = _shape_mask(self.shapes[thing], cy, cx, r, rng.uniform(0, 2 * math.pi), yy, xx)
             if mask.sum() < 16:
                 continue
@@ -169,13 +169,7 @@ class SceneGenerator:
             counts[label] = counts.get(label, 0) + 1
             ids[mask] = 1000 * (label + 1) + counts[label]
         image = np.clip(image + rng.normal(0.0, 0.03, image.shape), 0.0, 1.0)
-        segments = []
-        for segment_id in np.unique(ids):
-            ys, xs = np.nonzero(ids == segment_id)
-            segments.append({"id": int(segment_id), "label_id": int(segment_id // 1000 - 1), "iscrowd": False,
-                             "area": int(ys.size), "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1,
-                                                            int(np.ptp(ys)) + 1]})
-        return (image * 255 + 0.5).astype(np.uint8), ids, segments
+        return (image * 255 + 0.5).astype(np.uint8), ids, segments_of(ids)
 
     @staticmethod
     def _paint(image: np.ndarray, where: np.ndarray, texture: Texture, rng: np.random.Generator,
