@@ -278,9 +278,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layouts", nargs="+", default=["ade20k", "coco"], choices=["ade20k", "coco"])
+    parser.add_argument("--scenes", nargs=2, type=int, metavar=("STUFF", "THINGS"), default=None,
+                        help="another set: SceneGenerator(STUFF, THINGS) classes instead of the demo's 6")
+    parser.add_argument("--scenes-seed", type=int, default=0, help="seed of the classes' textures and shapes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    roots = write_synthetic_dataset(args.out, args.num_train, args.num_val, args.size, args.seed, args.layouts)
+    scenes = None
+    if args.scenes is not None:
+        from .synthetic_scenes import SceneGenerator
+
+        scenes = SceneGenerator(*args.scenes, seed=args.scenes_seed)
+    roots = write_synthetic_dataset(args.out, args.num_train, args.num_val, args.size, args.seed, args.layouts,
+                                    scenes=scenes)
     for layout, root in roots.items():
         logger.info("%s layout: %s", layout, root)
 
