@@ -225,7 +225,7 @@ def test_every_command_line_flag_has_a_help():
 
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command")
-    assert set(commands.choices) == {"segment", "train", "evaluate", "push", "card", "convert", "export", "recipes"}
+    assert set(commands.choices) == {"segment", "train", "evaluate", "push", "card", "convert", "export", "ablate", "recipes"}
     for name, sub in commands.choices.items():
         for action in sub._actions:
             if action.dest != "help":
