@@ -228,7 +228,9 @@ def write_results(records: list[dict[str, Any]], plan: AblationPlan, path: Path,
         f"{plan.num_val} validation images of {plan.size}², semantic supervision.",
         f"- mean ± std over {seeds} seed{'s' if seeds > 1 else ''} ({', '.join(map(str, plan.seeds))}), in %.",
         "- Sets: `textures-K` are `SceneGenerator(K, 0)` sets (K stuff classes told apart by texture, random "
-        "colours); `demo` is the demo's 6-class set.",
+        "colours); `demo` is the demo's 6-class generator (`maskformer_hf.data.synthetic`).",
+        "- Queries: MaskFormer (bipartite) has 20 outside the queries sweep (N need not equal K); the other "
+        "three variants have one per class (N = K).",
         "",
         "## Table 4: per-pixel vs mask classification",
         "",
@@ -292,7 +294,8 @@ def ablation_parser(parser: Any = None) -> Any:
             continue
         flag, value = "--" + item.name.replace("_", "-"), getattr(defaults, item.name)
         if isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{'also ' if value else ''}the {item.name} runs (default {value})")
         elif isinstance(value, list):
             kind = str if item.name == "variants" else int
             parser.add_argument(flag, nargs="+", type=kind, default=None, help=f"default {value}")

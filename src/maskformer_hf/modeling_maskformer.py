@@ -380,6 +380,8 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
         super().__init__(config)
         self.model = MaskFormerModel(config)
         kind = config.segmentation_type
+        if kind == "mask_classification":  # created first: a seed gives the same weights as before the baselines
+            self.class_predictor = nn.Linear(config.hidden_size, config.num_labels + 1)
         if kind == "per_pixel":
             self.pixel_classifier = nn.Conv2d(config.mask_feature_size, config.num_labels, kernel_size=1)
         else:
@@ -388,7 +390,6 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
             self.criterion = PerPixelLoss(config.num_labels, cross_entropy_weight=config.cross_entropy_weight)
             self.post_init()
             return
-        self.class_predictor = nn.Linear(config.hidden_size, config.num_labels + 1)
         self.criterion = MaskFormerLoss(
             config.num_labels,
             no_object_weight=config.no_object_weight,
