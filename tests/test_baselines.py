@@ -147,6 +147,11 @@ def test_semantic_inference_loss_is_the_cross_entropy_of_the_normalised_scores()
     scores = torch.einsum("bqk,bqhw->bkhw", class_logits.softmax(-1)[..., :3], mask_logits.sigmoid())
     expected = F.nll_loss((scores / scores.sum(1, keepdim=True)).log(), target, ignore_index=-100)
     torch.testing.assert_close(semantic_inference_loss(class_logits, mask_logits, target), expected)
+    # A label map finer than the masks: the scores are bilinearly upsampled to it first.
+    fine = torch.randint(0, 3, (2, 6, 6))
+    upsampled = F.interpolate(scores, size=(6, 6), mode="bilinear", align_corners=False)
+    expected = F.nll_loss((upsampled / upsampled.sum(1, keepdim=True)).log(), fine)
+    torch.testing.assert_close(semantic_inference_loss(class_logits, mask_logits, fine), expected)
     config = MaskFormerConfig.from_preset("resnet50", num_labels=5, num_queries=6, semantic_loss_weight=0.5, **TINY)
     model = MaskFormerForUniversalSegmentation(config)
     mask_labels, class_labels = labels()
@@ -188,6 +193,28 @@ def test_scene_sets_are_seeded_and_consistent():
     assert SceneGenerator(4, 8, seed=4).textures != generator.textures
     with pytest.raises(ValueError, match="at most"):
         SceneGenerator(200, 0)
+
+
+def test_recipes_train_on_scene_sets_and_refuse_a_folder_of_another_set(tmp_path):
+    from maskformer_hf.training import load_splits
+
+    values = dict(dataset="synthetic", data_dir=str(tmp_path / "data"), synthetic_num_train=3, synthetic_num_val=2,
+                  synthetic_size=48, synthetic_scenes=["2", "3"], synthetic_scenes_seed=5)
+    config = TrainConfig(**values)  # the CLI passes list items as strings
+    assert config.synthetic_scenes == [2, 3]
+    train, evaluation, metadata = load_splits(config)
+    assert len(train) == 3 and len(evaluation) == 2
+    names = [metadata.id2label[i] for i in sorted(metadata.id2label)]
+    assert names == [c["name"] for c in SceneGenerator(2, 3, seed=5).classes]
+    assert sorted(metadata.thing_ids) == [2, 3, 4]
+    load_splits(TrainConfig(**values))  # the same set again: read back
+    with pytest.raises(ValueError, match="another data_dir"):
+        load_splits(TrainConfig(**{**values, "synthetic_scenes_seed": 6}))
+    with pytest.raises(ValueError, match="another data_dir"):
+        load_splits(TrainConfig(**{**values, "synthetic_scenes": []}))
+    for bad in ([4], [0, 3], ["a", "b"]):
+        with pytest.raises(ValueError, match="synthetic_scenes"):
+            TrainConfig(synthetic_scenes=bad)
 
 
 def test_quick_ablation_writes_results_from_its_runs(tmp_path, capsys):

@@ -237,6 +237,25 @@ def test_encoder_feeding_the_pixel_decoder_is_the_fpn_on_the_encoder_output():
     assert MaskFormerConfig.from_preset("resnet50-6enc").encoder_feeds_pixel_decoder is True
 
 
+def test_decoder_reading_the_pixel_decoder_attends_to_stride_4_tokens_and_honours_padding():
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config(transformer_in_feature="pixel_decoder")).eval()
+    module = model.model.transformer_module
+    assert module.input_projection.in_channels == model.config.fpn_feature_size
+    pixel_values = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        out = model.model(pixel_values)
+        maps, _ = model.model.backbone(pixel_values)
+        fpn = model.model.pixel_decoder(maps)
+        states = module(fpn[-1])  # the stride-4 FPN map: 24 x 32 tokens
+    torch.testing.assert_close(out.transformer_decoder_last_hidden_state, states[-1])
+    check_batch_consistency(model)
+    with pytest.raises(ValueError, match="transformer_in_feature"):
+        tiny_config(transformer_in_feature="res4")
+    with pytest.raises(ValueError, match="transformer_in_feature"):
+        tiny_config(transformer_in_feature="pixel_decoder", encoder_layers=1)
+
+
 def semantic_map(class_logits, mask_logits):
     """argmax_c sum_q p_q(c) m_q[h, w] (SPEC §4), at mask resolution. (B,Q,K+1), (B,Q,h,w) -> (B,h,w)."""
     probs = class_logits.softmax(-1)[..., :-1]

@@ -47,7 +47,7 @@ def test_warmup_then_poly_schedule():
 def test_shipped_recipes_load(recipe):
     config = TrainConfig.from_file(recipe, data_dir="/somewhere", max_steps=5)
     assert config.data_dir == "/somewhere" and config.max_steps == 5
-    if recipe != "demo":  # the paper recipes clip the full model's gradient at 0.01
+    if recipe not in ("demo", "small-data"):  # the paper recipes clip the full model's gradient at 0.01
         assert config.max_grad_norm == 0.01
 
 

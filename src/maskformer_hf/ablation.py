@@ -62,25 +62,32 @@ class AblationPlan:
                    batch_size=2, num_train=8, num_val=4, size=64, curve_points=2, num_workers=0)
 
 
+MASKFORMER_QUERIES = 20  # MaskFormer (bipartite) outside the queries sweep: N need not equal K
+
+
 def _runs(plan: AblationPlan) -> list[dict[str, Any]]:
-    """Every training run of the plan: ``{"name", "experiment", "variant", "data", "classes", "queries", "seed"}``."""
-    runs = []
+    """Every training run of the plan: ``{"name", "experiment", "variant", "data", "classes", "queries", "seed"}``.
+    A run is named by what it trains (data, variant, queries, seed), so one that two experiments
+    share (the sweep's 20 queries on a set of the classes experiment) is trained once."""
+    runs = {}
+
+    def add(experiment: str, variant: str, data: str, classes: int, queries: int | None, seed: int) -> None:
+        run = {"experiment": experiment, "variant": variant, "data": data, "classes": classes, "queries": queries,
+               "seed": seed}
+        run["name"] = "-".join(str(run[k]) for k in ("data", "variant", "queries", "seed") if run[k] is not None)
+        runs.setdefault(run["name"], run)
+
     for seed in plan.seeds:
         for classes in plan.class_counts:
             for variant in plan.variants:
-                runs.append({"experiment": "classes", "variant": variant, "data": f"textures-{classes}",
-                             "classes": classes, "queries": None, "seed": seed})
+                add("classes", variant, f"textures-{classes}", classes,
+                    MASKFORMER_QUERIES if variant == "maskformer" else None, seed)
         if plan.demo:
             for variant in plan.variants:
-                runs.append({"experiment": "demo", "variant": variant, "data": "demo", "classes": 6,
-                             "queries": None, "seed": seed})
+                add("demo", variant, "demo", 6, MASKFORMER_QUERIES if variant == "maskformer" else None, seed)
         for queries in plan.queries:
-            runs.append({"experiment": "queries", "variant": "maskformer", "data": f"textures-{plan.queries_classes}",
-                         "classes": plan.queries_classes, "queries": queries, "seed": seed})
-    for run in runs:
-        run["name"] = "-".join(str(run[k]) for k in ("experiment", "data", "variant", "queries", "seed")
-                               if run[k] is not None)
-    return runs
+            add("queries", "maskformer", f"textures-{plan.queries_classes}", plan.queries_classes, queries, seed)
+    return list(runs.values())
 
 
 def _dataset(plan: AblationPlan, data: str, classes: int) -> Path:
@@ -109,8 +116,6 @@ def _train_one(plan: AblationPlan, run: dict[str, Any]) -> dict[str, Any]:
     overrides = dict(values["model_overrides"])
     if run["queries"] is not None:
         overrides["num_queries"] = run["queries"]
-    elif run["variant"] == "maskformer":
-        overrides["num_queries"] = max(overrides["num_queries"], 20)  # N need not equal K; at least the demo's segments
     every = max(1, plan.steps // plan.curve_points)
     values.update(
         dataset="ade20k", data_dir=str(_dataset(plan, run["data"], run["classes"])), variant=run["variant"],
@@ -229,8 +234,8 @@ def write_results(records: list[dict[str, Any]], plan: AblationPlan, path: Path,
         f"- mean ± std over {seeds} seed{'s' if seeds > 1 else ''} ({', '.join(map(str, plan.seeds))}), in %.",
         "- Sets: `textures-K` are `SceneGenerator(K, 0)` sets (K stuff classes told apart by texture, random "
         "colours); `demo` is the demo's 6-class generator (`maskformer_hf.data.synthetic`).",
-        "- Queries: MaskFormer (bipartite) has 20 outside the queries sweep (N need not equal K); the other "
-        "three variants have one per class (N = K).",
+        f"- Queries: MaskFormer (bipartite) has {MASKFORMER_QUERIES} outside the queries sweep (N need not equal K; "
+        "the sweep's run with as many is the same run); the other three variants have one per class (N = K).",
         "",
         "## Table 4: per-pixel vs mask classification",
         "",
@@ -253,7 +258,7 @@ def write_results(records: list[dict[str, Any]], plan: AblationPlan, path: Path,
               f"## Queries (MaskFormer, K = {plan.queries_classes})", "",
               "| queries | paper mIoU (ADE20K) | mIoU | PQ_St |", "|---|---|---|---|"]
     for queries in plan.queries:
-        group = _group(records, experiment="queries", queries=queries)
+        group = _group(records, variant="maskformer", data=f"textures-{plan.queries_classes}", queries=queries)
         lines.append(f"| {queries} | {PAPER_QUERIES.get(queries, '–')} | {_mean_std([r['mean_iou'] for r in group])} | "
                      f"{_mean_std([r['pq_stuff'] for r in group])} |")
     lines += ["", "## Runs", "", "| run | mIoU | PQ_St | seconds |", "|---|---|---|---|"]

@@ -92,6 +92,10 @@ def _backbone_config_from(value: dict | PretrainedConfig | None) -> PretrainedCo
 # "per_pixel_plus" (the transformer module with N = K queries, query i's mask read as class i's
 # logit map, per-pixel cross-entropy). MaskFormer-fixed is mask_classification + fixed_matching.
 SEGMENTATION_TYPES = ("mask_classification", "per_pixel", "per_pixel_plus")
+# What the transformer decoder's cross-attention reads: "res5", the stride-32 backbone map (the
+# paper's default), or "pixel_decoder", the FPN's stride-4 output (the original code's other
+# choices of its transformer input; small objects keep their own tokens).
+TRANSFORMER_IN_FEATURES = ("res5", "pixel_decoder")
 
 
 class MaskFormerConfig(PretrainedConfig):
@@ -134,6 +138,7 @@ class MaskFormerConfig(PretrainedConfig):
         encoder_attention_heads: int = 8,
         encoder_ffn_dim: int = 2048,
         encoder_feeds_pixel_decoder: bool = False,  # the FPN starts from the encoder output, not the backbone map
+        transformer_in_feature: str = "res5",  # what the decoder attends to: res5 (paper) or pixel_decoder (stride 4)
         decoder_layers: int = 6,  # each layer's output is supervised when use_auxiliary_loss
         decoder_attention_heads: int = 8,
         decoder_ffn_dim: int = 2048,
@@ -173,6 +178,7 @@ class MaskFormerConfig(PretrainedConfig):
         self.encoder_attention_heads = encoder_attention_heads
         self.encoder_ffn_dim = encoder_ffn_dim
         self.encoder_feeds_pixel_decoder = encoder_feeds_pixel_decoder
+        self.transformer_in_feature = transformer_in_feature
         self.decoder_layers = decoder_layers
         self.decoder_attention_heads = decoder_attention_heads
         self.decoder_ffn_dim = decoder_ffn_dim
@@ -214,6 +220,10 @@ class MaskFormerConfig(PretrainedConfig):
         need(isinstance(self.encoder_layers, int) and self.encoder_layers >= 0, "encoder_layers", "an integer >= 0")
         need(not self.encoder_feeds_pixel_decoder or self.encoder_layers > 0, "encoder_feeds_pixel_decoder",
              "False when encoder_layers is 0 (there is no encoder output to feed)")
+        need(self.transformer_in_feature in TRANSFORMER_IN_FEATURES, "transformer_in_feature",
+             f"one of {TRANSFORMER_IN_FEATURES}")
+        need(self.transformer_in_feature == "res5" or self.encoder_layers == 0, "transformer_in_feature",
+             f"'res5' when encoder_layers > 0 (the encoder runs on the stride-32 map; got {self.encoder_layers} layers)")
         need(self.hidden_size % self.decoder_attention_heads == 0, "decoder_attention_heads",
              f"a divisor of hidden_size={self.hidden_size}")
         need(self.hidden_size % self.encoder_attention_heads == 0, "encoder_attention_heads",

@@ -248,7 +248,8 @@ class MaskFormerLoss(nn.Module):
         chunk: masks per step of the fused mask loss.
         semantic_weight: weight of an extra per-pixel term (not in the paper; 0 disables it): the
             cross-entropy of the semantic inference scores ``S_c = sum_q p_q(c) m_q``, normalised over
-            classes, at the mask resolution (:func:`semantic_inference_loss`).
+            classes, bilinearly upsampled to the label resolution as the mask terms are
+            (:func:`semantic_inference_loss`).
     """
 
     def __init__(self, num_labels: int, no_object_weight: float = 0.1, cross_entropy_weight: float = 1.0,
@@ -323,7 +324,7 @@ class MaskFormerLoss(nn.Module):
             terms[f"loss_dice{suffix}"] = dice[layer] / num_masks * self.weights["loss_dice"]
             if self.semantic_weight:
                 if layer == 0:
-                    pixel_target = downsampled_targets(mask_labels, class_labels, mask_logits.shape[-2:])
+                    pixel_target = semantic_targets(mask_labels, class_labels)
                 terms[f"loss_semantic{suffix}"] = self.semantic_weight * semantic_inference_loss(
                     class_logits[layer], mask_logits[layer], pixel_target)
         return sum(terms.values()), terms
@@ -391,26 +392,23 @@ def semantic_targets(mask_labels: list[Tensor], class_labels: list[Tensor], igno
     return torch.stack(targets)
 
 
-def downsampled_targets(mask_labels: list[Tensor], class_labels: list[Tensor], size: tuple[int, int]) -> Tensor:
-    """:func:`semantic_targets` nearest-downsampled to ``size`` (the mask resolution): `(B, h, w)`."""
-    target = semantic_targets(mask_labels, class_labels)
-    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
-
-
 def semantic_inference_loss(class_logits: Tensor, mask_logits: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy of MaskFormer's semantic inference at every labelled pixel.
 
     ``S_c[h, w] = sum_q softmax(class_logits[q])[c] * sigmoid(mask_logits[q, h, w])`` over the K real
-    classes, normalised over classes; the mean of ``-log S_y / sum_c S_c`` over pixels whose target
-    ``y`` is not -100 (0 when none is labelled).
+    classes, bilinearly upsampled to the target's resolution when it differs (the per-pixel
+    baseline's logits and the mask terms' predictions are upsampled the same way); the mean of
+    ``-log S_y / sum_c S_c`` over pixels whose target ``y`` is not -100 (0 when none is labelled).
 
     Args:
         class_logits: `(B, Q, K + 1)`.
         mask_logits: `(B, Q, h, w)`.
-        target: `(B, h, w)` int64 class ids, -100 ignored.
+        target: `(B, H, W)` int64 class ids, -100 ignored.
     """
     probs = class_logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
     scores = torch.einsum("bqk,bqhw->bkhw", probs, mask_logits.float().sigmoid())
+    if scores.shape[-2:] != target.shape[-2:]:
+        scores = F.interpolate(scores, size=target.shape[-2:], mode="bilinear", align_corners=False)
     log_scores = torch.log(scores.clamp(min=1e-8)) - torch.log(scores.sum(1, keepdim=True).clamp(min=1e-8))
     labelled = (target >= 0).sum().clamp(min=1)
     return F.nll_loss(log_scores, target, ignore_index=-100, reduction="sum") / labelled

@@ -177,8 +177,10 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
         fpn_inputs = self.backbone.channels[:-1] + [config.hidden_size] if self.encoder_feeds_pixel_decoder \
             else self.backbone.channels
         self.pixel_decoder = MaskFormerPixelDecoder(fpn_inputs, config.fpn_feature_size, config.mask_feature_size)
+        self.transformer_in_feature = config.transformer_in_feature
         self.transformer_module = None if config.segmentation_type == "per_pixel" else MaskFormerTransformerModule(
-            in_channels=self.backbone.channels[-1],
+            in_channels=config.fpn_feature_size if self.transformer_in_feature == "pixel_decoder"
+            else self.backbone.channels[-1],
             hidden_size=config.hidden_size,
             num_queries=config.num_queries,
             encoder_layers=config.encoder_layers,
@@ -204,6 +206,10 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
         None when nothing is padded): the part of :meth:`compute_features` after the backbone."""
         if self.transformer_module is None:  # the per-pixel baseline: the FPN only
             return MaskFormerFeatures(backbone_maps, self.pixel_decoder(backbone_maps, masks), None)
+        if self.transformer_in_feature == "pixel_decoder":  # the decoder reads the FPN's stride-4 map
+            fpn_maps = self.pixel_decoder(backbone_maps, masks)
+            states = self.transformer_module(fpn_maps[-1], None if masks is None else masks[0])
+            return MaskFormerFeatures(backbone_maps, fpn_maps, states)
         top_mask = None if masks is None else masks[-1]
         memory, memory_pos, key_mask = self.transformer_module.encode(backbone_maps[-1], top_mask)
         fpn_inputs = backbone_maps

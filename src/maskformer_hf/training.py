@@ -98,6 +98,9 @@ class TrainConfig:
     synthetic_num_train: int = _arg(400, "synthetic dataset: training images")
     synthetic_num_val: int = _arg(100, "synthetic dataset: validation images")
     synthetic_size: int = _arg(128, "synthetic dataset: image side in pixels")
+    synthetic_scenes: list[int] = _arg(list, "synthetic dataset: empty for the demo's 6 classes, or STUFF THINGS "
+                                       "for a SceneGenerator set of that many stuff and thing classes")
+    synthetic_scenes_seed: int = _arg(0, "synthetic dataset: the SceneGenerator's seed (its textures, shapes, colours)")
     image_column: str = _arg("image", "parquet datasets: the image column")
     annotation_column: str = _arg("annotation", "parquet datasets: the label-map column")
     max_train_samples: int | None = _arg(None, "use only the first N training examples")
@@ -155,6 +158,15 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.nonfinite_loss must be stop or skip, got {self.nonfinite_loss!r}")
         if self.variant is not None and self.variant not in VARIANTS:
             raise ValueError(f"TrainConfig.variant must be one of {sorted(VARIANTS)} or None, got {self.variant!r}")
+        try:
+            self.synthetic_scenes = [int(n) for n in self.synthetic_scenes]
+        except (TypeError, ValueError):
+            raise ValueError(f"TrainConfig.synthetic_scenes must be [] or [STUFF, THINGS] integers, "
+                             f"got {self.synthetic_scenes!r}") from None
+        if self.synthetic_scenes and (len(self.synthetic_scenes) != 2 or self.synthetic_scenes[0] < 1
+                                      or self.synthetic_scenes[1] < 0):
+            raise ValueError(f"TrainConfig.synthetic_scenes must be [] or [STUFF >= 1, THINGS >= 0], "
+                             f"got {self.synthetic_scenes}")
         if not 0 < self.min_scale <= self.max_scale:
             raise ValueError(f"TrainConfig: need 0 < min_scale <= max_scale, got {self.min_scale}, {self.max_scale}")
 
@@ -253,9 +265,23 @@ def load_splits(config: TrainConfig):
         from .data.synthetic import write_synthetic_dataset
 
         root = Path(config.data_dir) / "coco"
-        if not (root / "annotations" / "panoptic_val2017.json").exists():
+        spec = {"num_train": config.synthetic_num_train, "num_val": config.synthetic_num_val,
+                "size": config.synthetic_size, "seed": config.seed, "scenes": config.synthetic_scenes,
+                "scenes_seed": config.synthetic_scenes_seed if config.synthetic_scenes else None}
+        spec_file = Path(config.data_dir) / "synthetic.json"
+        if (root / "annotations" / "panoptic_val2017.json").exists():
+            if spec_file.exists() and json.loads(spec_file.read_text()) != spec:
+                raise ValueError(f"TrainConfig.data_dir {config.data_dir} holds a synthetic set generated with "
+                                 f"{spec_file.read_text()}, not {json.dumps(spec)}; use another data_dir")
+        else:
+            scenes = None
+            if config.synthetic_scenes:
+                from .data.synthetic_scenes import SceneGenerator
+
+                scenes = SceneGenerator(*config.synthetic_scenes, seed=config.synthetic_scenes_seed)
             write_synthetic_dataset(config.data_dir, config.synthetic_num_train, config.synthetic_num_val,
-                                    config.synthetic_size, seed=config.seed, layouts=("coco",))
+                                    config.synthetic_size, seed=config.seed, layouts=("coco",), scenes=scenes)
+            spec_file.write_text(json.dumps(spec))
         splits = data.load_coco_panoptic(root)
     elif config.dataset == "ade20k":
         splits = data.load_ade20k(config.data_dir)

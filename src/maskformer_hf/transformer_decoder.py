@@ -139,7 +139,7 @@ class MaskFormerTransformerModule(nn.Module):
     """1x1 input projection, sine positions, optional encoder, decoder with a shared final LayerNorm.
 
     Args:
-        in_channels: channels of the stride-32 backbone map.
+        in_channels: channels of the map it reads (the stride-32 backbone map, or the FPN output).
         hidden_size, num_queries, encoder_layers, decoder_layers, ...: see :class:`MaskFormerConfig`.
     """
 
