@@ -208,6 +208,7 @@ def test_recipes_train_on_scene_sets_and_refuse_a_folder_of_another_set(tmp_path
     assert names == [c["name"] for c in SceneGenerator(2, 3, seed=5).classes]
     assert sorted(metadata.thing_ids) == [2, 3, 4]
     load_splits(TrainConfig(**values))  # the same set again: read back
+    load_splits(TrainConfig(**{**values, "seed": 7}))  # another training seed: the same images, reused
     with pytest.raises(ValueError, match="another data_dir"):
         load_splits(TrainConfig(**{**values, "synthetic_scenes_seed": 6}))
     with pytest.raises(ValueError, match="another data_dir"):

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+logger = logging.getLogger(__name__)
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 # Parameters that never get weight decay (SPEC §5): normalisation layers, embeddings, position tables.
@@ -270,9 +272,15 @@ def load_splits(config: TrainConfig):
                 "scenes_seed": config.synthetic_scenes_seed if config.synthetic_scenes else None}
         spec_file = Path(config.data_dir) / "synthetic.json"
         if (root / "annotations" / "panoptic_val2017.json").exists():
-            if spec_file.exists() and json.loads(spec_file.read_text()) != spec:
-                raise ValueError(f"TrainConfig.data_dir {config.data_dir} holds a synthetic set generated with "
-                                 f"{spec_file.read_text()}, not {json.dumps(spec)}; use another data_dir")
+            found = json.loads(spec_file.read_text()) if spec_file.exists() else spec
+            classes = ("scenes", "scenes_seed")  # another label space: refused; other draws: reused, as before
+            if any(found.get(k) != spec[k] for k in classes):
+                raise ValueError(f"TrainConfig.data_dir {config.data_dir} holds a synthetic set of other classes "
+                                 f"({ {k: found.get(k) for k in classes} }, not { {k: spec[k] for k in classes} }); "
+                                 "use another data_dir")
+            if found != spec:
+                logger.warning("data_dir %s holds a synthetic set generated with %s; reusing it (not %s)",
+                               config.data_dir, found, spec)
         else:
             scenes = None
             if config.synthetic_scenes:
