@@ -255,6 +255,39 @@ def global_num_masks(class_labels: Iterable[Tensor], reduce_sum: Callable[[Tenso
 DATASETS = ("synthetic", "ade20k", "ade20k-parquet", "coco-panoptic", "semantic-folder", "panoptic-folder")
 
 
+def synthetic_root(config: TrainConfig) -> Path:
+    """The COCO-panoptic root of ``config``'s synthetic set, generated on first use. The folder keeps
+    what generated it (``synthetic.json``): another label space there is a ``ValueError``; another
+    draw of the same classes (counts, size, seed) is reused with a warning."""
+    from .data.synthetic import write_synthetic_dataset
+
+    root = Path(config.data_dir) / "coco"
+    spec = {"num_train": config.synthetic_num_train, "num_val": config.synthetic_num_val,
+            "size": config.synthetic_size, "seed": config.seed, "scenes": config.synthetic_scenes,
+            "scenes_seed": config.synthetic_scenes_seed if config.synthetic_scenes else None}
+    spec_file = Path(config.data_dir) / "synthetic.json"
+    if not (root / "annotations" / "panoptic_val2017.json").exists():
+        scenes = None
+        if config.synthetic_scenes:
+            from .data.synthetic_scenes import SceneGenerator
+
+            scenes = SceneGenerator(*config.synthetic_scenes, seed=config.synthetic_scenes_seed)
+        write_synthetic_dataset(config.data_dir, config.synthetic_num_train, config.synthetic_num_val,
+                                config.synthetic_size, seed=config.seed, layouts=("coco",), scenes=scenes)
+        spec_file.write_text(json.dumps(spec))
+        return root
+    found = json.loads(spec_file.read_text()) if spec_file.exists() else spec
+    classes = ("scenes", "scenes_seed")
+    if any(found.get(k) != spec[k] for k in classes):
+        raise ValueError(f"TrainConfig.data_dir {config.data_dir} holds a synthetic set of other classes "
+                         f"({ {k: found.get(k) for k in classes} }, not { {k: spec[k] for k in classes} }); "
+                         "use another data_dir")
+    if found != spec:
+        logger.warning("data_dir %s holds a synthetic set generated with %s; reusing it (not %s)",
+                       config.data_dir, found, spec)
+    return root
+
+
 def load_splits(config: TrainConfig):
     """``(train, eval, metadata)`` for ``config.dataset`` (the synthetic one is generated on first use)."""
     from . import data
@@ -264,33 +297,7 @@ def load_splits(config: TrainConfig):
     if config.data_dir is None and config.dataset != "ade20k-parquet":
         raise ValueError(f"TrainConfig.data_dir: dataset {config.dataset!r} needs its folder")
     if config.dataset == "synthetic":
-        from .data.synthetic import write_synthetic_dataset
-
-        root = Path(config.data_dir) / "coco"
-        spec = {"num_train": config.synthetic_num_train, "num_val": config.synthetic_num_val,
-                "size": config.synthetic_size, "seed": config.seed, "scenes": config.synthetic_scenes,
-                "scenes_seed": config.synthetic_scenes_seed if config.synthetic_scenes else None}
-        spec_file = Path(config.data_dir) / "synthetic.json"
-        if (root / "annotations" / "panoptic_val2017.json").exists():
-            found = json.loads(spec_file.read_text()) if spec_file.exists() else spec
-            classes = ("scenes", "scenes_seed")  # another label space: refused; other draws: reused, as before
-            if any(found.get(k) != spec[k] for k in classes):
-                raise ValueError(f"TrainConfig.data_dir {config.data_dir} holds a synthetic set of other classes "
-                                 f"({ {k: found.get(k) for k in classes} }, not { {k: spec[k] for k in classes} }); "
-                                 "use another data_dir")
-            if found != spec:
-                logger.warning("data_dir %s holds a synthetic set generated with %s; reusing it (not %s)",
-                               config.data_dir, found, spec)
-        else:
-            scenes = None
-            if config.synthetic_scenes:
-                from .data.synthetic_scenes import SceneGenerator
-
-                scenes = SceneGenerator(*config.synthetic_scenes, seed=config.synthetic_scenes_seed)
-            write_synthetic_dataset(config.data_dir, config.synthetic_num_train, config.synthetic_num_val,
-                                    config.synthetic_size, seed=config.seed, layouts=("coco",), scenes=scenes)
-            spec_file.write_text(json.dumps(spec))
-        splits = data.load_coco_panoptic(root)
+        splits = data.load_coco_panoptic(synthetic_root(config))
     elif config.dataset == "ade20k":
         splits = data.load_ade20k(config.data_dir)
     elif config.dataset == "ade20k-parquet":
