@@ -236,3 +236,8 @@ def test_quick_ablation_writes_results_from_its_runs(tmp_path, capsys):
     before = [r.stat().st_mtime for r in records]
     assert main(["ablate", "--quick", "--out", str(out), "--class-counts", "4", "--queries", "4", "--no-demo"]) == 0
     assert [r.stat().st_mtime for r in records] == before
+    # ... unless the budget changed: then the runs are trained again under the new one
+    assert main(["ablate", "--quick", "--out", str(out), "--class-counts", "4", "--queries", "4", "--no-demo",
+                 "--steps", "3"]) == 0
+    assert all(json.loads(r.read_text())["budget"]["steps"] == 3 for r in records)
+    assert "3 steps" in (out / "RESULTS.md").read_text()

@@ -26,6 +26,27 @@ def test_parameter_groups_split_backbone_and_no_decay():
     assert by_name["model.transformer_module.query_embeddings.weight"]["weight_decay"] == 0.0
     assert by_name["model.transformer_module.decoder_norm.bias"]["weight_decay"] == 0.0
     assert by_name["class_predictor.weight"]["weight_decay"] == 0.05
+    assert len(groups) == 4  # (backbone or not) x (decay or not)
+
+
+def test_transformer_lr_multiplier_scales_the_decoder_and_heads_only():
+    model = MaskFormerForUniversalSegmentation(tiny_config())
+    groups = parameter_groups(model, learning_rate=1e-3, weight_decay=0.05, backbone_lr_multiplier=0.1,
+                              transformer_lr_multiplier=3.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
+    assert len(lr) == len(list(model.parameters()))
+    for name, value in lr.items():
+        if name.startswith(("model.transformer_module.", "class_predictor.", "mask_embedder.")):
+            assert value == pytest.approx(3e-3), name
+        elif name.startswith("model.backbone."):
+            assert value == pytest.approx(1e-4), name
+        else:
+            assert name.startswith("model.pixel_decoder.") and value == pytest.approx(1e-3), name
+    assert any(n.startswith("model.transformer_module.query_embeddings") for n in lr)
+    config = TrainConfig(learning_rate=1e-3, backbone_lr_multiplier=0.1, transformer_lr_multiplier=3.0)
+    optimizer, _ = create_optimizer_and_scheduler(model, config)
+    assert sorted({round(g["initial_lr"], 6) for g in optimizer.param_groups}) == [1e-4, 1e-3, 3e-3]
 
 
 def test_warmup_then_poly_schedule():

@@ -47,11 +47,11 @@ class AblationPlan:
     queries_classes: int = 30  # the set the queries sweep trains on
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     demo: bool = True  # also compare the variants on the demo's own panoptic set
-    steps: int = 300
+    steps: int = 180
     batch_size: int = 8
     num_train: int = 400
-    num_val: int = 100
-    size: int = 96
+    num_val: int = 50
+    size: int = 64
     curve_points: int = 3
     num_workers: int = 1
 
@@ -104,14 +104,23 @@ def _dataset(plan: AblationPlan, data: str, classes: int) -> Path:
     return ade
 
 
+def _budget(plan: AblationPlan) -> dict[str, int]:
+    """What a run's numbers depend on besides its name: a record is reused only under the same budget."""
+    return {k: getattr(plan, k) for k in ("steps", "batch_size", "num_train", "num_val", "size", "curve_points")}
+
+
 def _train_one(plan: AblationPlan, run: dict[str, Any]) -> dict[str, Any]:
     from .train_loop import train
     from .training import TrainConfig
 
     folder = Path(plan.out_dir) / "runs" / run["name"]
     record_path = folder / "record.json"
+    budget = _budget(plan)
     if record_path.exists():
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        if record.get("budget") == budget:
+            return record
+        logger.info("%s: trained with %s, not %s; training it again", run["name"], record.get("budget"), budget)
     values = TrainConfig.from_file("demo").to_dict()
     overrides = dict(values["model_overrides"])
     if run["queries"] is not None:
@@ -133,7 +142,7 @@ def _train_one(plan: AblationPlan, run: dict[str, Any]) -> dict[str, Any]:
         if "mean_iou" in entry:
             curve.append([entry["step"], entry["mean_iou"]])
     record = {**run, "mean_iou": float(metrics["mean_iou"]), "pq_stuff": float(metrics["pq_stuff"]),
-              "curve": curve, "seconds": seconds, "steps": plan.steps}
+              "curve": curve, "seconds": seconds, "steps": plan.steps, "budget": budget}
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(record_path)

@@ -128,6 +128,8 @@ class TrainConfig:
     learning_rate: float = _arg(1e-4, "AdamW learning rate (peak, after warm-up)")
     weight_decay: float = _arg(1e-4, "AdamW weight decay (never on norms, embeddings, position tables)")
     backbone_lr_multiplier: float = _arg(0.1, "backbone learning rate factor: 0.1 for CNN backbones, 1.0 for Swin")
+    transformer_lr_multiplier: float = _arg(1.0, "learning rate factor of the transformer module (decoder, "
+                                                 "queries) and the class and mask heads (not in the paper)")
     warmup_steps: int = _arg(0, "linear warm-up steps before the poly decay")
     poly_power: float = _arg(0.9, "power of the poly learning-rate decay")
     max_grad_norm: float | None = _arg(0.01, "full-model gradient clipping (L2 norm); None disables")
@@ -205,33 +207,54 @@ def is_no_decay(name: str, module: nn.Module) -> bool:
     return isinstance(module, NO_DECAY_MODULES) or any(key in name for key in NO_DECAY_NAMES)
 
 
+TRANSFORMER_PREFIXES = ("model.transformer_module.", "class_predictor.", "mask_embedder.")
+
+
 def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float,
-                     backbone_lr_multiplier: float = 1.0, backbone_prefix: str = "model.backbone.") -> list[dict]:
-    """AdamW parameter groups: backbone parameters at ``learning_rate * backbone_lr_multiplier``; no
-    weight decay on norms, embeddings and position tables. Empty groups are left out."""
+                     backbone_lr_multiplier: float = 1.0, backbone_prefix: str = "model.backbone.",
+                     transformer_lr_multiplier: float = 1.0,
+                     transformer_prefixes: tuple[str, ...] = TRANSFORMER_PREFIXES) -> list[dict]:
+    """AdamW parameter groups: backbone parameters at ``learning_rate * backbone_lr_multiplier``, the
+    transformer module and heads (``transformer_prefixes``) at ``learning_rate *
+    transformer_lr_multiplier``, the rest (pixel decoder) at ``learning_rate``; no weight decay on
+    norms, embeddings and position tables. Empty groups are left out; with
+    ``transformer_lr_multiplier == 1`` the groups are those of earlier versions (checkpoints resume)."""
     owner = {}
     for module_name, module in model.named_modules():
         for param_name, _ in module.named_parameters(recurse=False):
             owner[f"{module_name}.{param_name}" if module_name else param_name] = module
-    groups: dict[tuple[bool, bool], list[Tensor]] = {}
+    factors = (1.0, backbone_lr_multiplier, transformer_lr_multiplier)  # by part: other, backbone, transformer
+    groups: dict[tuple[int, bool], list[Tensor]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        key = (name.startswith(backbone_prefix), is_no_decay(name, owner[name]))
-        groups.setdefault(key, []).append(param)
+        part = 1 if name.startswith(backbone_prefix) else 0
+        if transformer_lr_multiplier != 1.0 and name.startswith(transformer_prefixes):
+            part = 2
+        groups.setdefault((part, is_no_decay(name, owner[name])), []).append(param)
     return [
-        {"params": params, "lr": learning_rate * (backbone_lr_multiplier if backbone else 1.0),
-         "weight_decay": 0.0 if no_decay else weight_decay}
-        for (backbone, no_decay), params in sorted(groups.items())
+        {"params": params, "lr": learning_rate * factors[part], "weight_decay": 0.0 if no_decay else weight_decay}
+        for (part, no_decay), params in sorted(groups.items())
     ]
 
 
+def _fused_adamw_available() -> bool:
+    """True where the parameters will live on the CPU or a CUDA device (PyTorch's fused AdamW kernels);
+    False for other accelerators (MPS, XPU, XLA), which get the default implementation."""
+    accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+    return accelerator is None or accelerator.type == "cuda"
+
+
 def create_optimizer_and_scheduler(model: nn.Module, config: TrainConfig, num_training_steps: int | None = None):
-    """AdamW over :func:`parameter_groups` and a linear warm-up + poly decay (power 0.9) schedule."""
+    """AdamW over :func:`parameter_groups` and a linear warm-up + poly decay (power 0.9) schedule.
+    AdamW runs fused (one kernel over all parameters) where PyTorch has that kernel (CPU, CUDA): on
+    the 2-core CPU a ResNet-18 step of it takes 10 ms instead of 61 ms."""
     from transformers import get_polynomial_decay_schedule_with_warmup
 
-    groups = parameter_groups(model, config.learning_rate, config.weight_decay, config.backbone_lr_multiplier)
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    groups = parameter_groups(model, config.learning_rate, config.weight_decay, config.backbone_lr_multiplier,
+                              transformer_lr_multiplier=config.transformer_lr_multiplier)
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=_fused_adamw_available())
     scheduler = get_polynomial_decay_schedule_with_warmup(
         optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=num_training_steps or config.max_steps,
         lr_end=0.0, power=config.poly_power,
