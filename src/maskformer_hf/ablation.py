@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -225,6 +224,8 @@ def write_results(records: list[dict[str, Any]], plan: AblationPlan, path: Path,
     """``RESULTS.md`` (and its PNGs beside it) from the run records."""
     import torch
 
+    from .model_card import describe_hardware
+
     path.parent.mkdir(parents=True, exist_ok=True)
     plots = _plots(records, plan, path.parent)
     seeds = len(plan.seeds)
@@ -233,8 +234,7 @@ def write_results(records: list[dict[str, Any]], plan: AblationPlan, path: Path,
         "",
         "Written by `maskformer-hf ablate` (`maskformer_hf.ablation`) from its run records; do not edit by hand.",
         "",
-        f"- Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}.",
+        f"- Machine: {describe_hardware()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
         f"- Wall time of this invocation: {wall_seconds / 60:.1f} min; training time of all runs: "
         f"{sum(r['seconds'] for r in records) / 60:.1f} min.",
         f"- Every run: the demo recipe's model (ResNet-18 from scratch, hidden size 128, 3 decoder layers), "
