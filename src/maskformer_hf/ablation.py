@@ -141,7 +141,7 @@ def _train_one(plan: AblationPlan, run: dict[str, Any]) -> dict[str, Any]:
         if "mean_iou" in entry:
             curve.append([entry["step"], entry["mean_iou"]])
     record = {**run, "mean_iou": float(metrics["mean_iou"]), "pq_stuff": float(metrics["pq_stuff"]),
-              "curve": curve, "seconds": seconds, "steps": plan.steps, "budget": budget}
+              "curve": curve, "seconds": seconds, "budget": budget}
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(record_path)
