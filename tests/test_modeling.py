@@ -256,6 +256,28 @@ def test_decoder_reading_the_pixel_decoder_attends_to_stride_4_tokens_and_honour
         tiny_config(transformer_in_feature="pixel_decoder", encoder_layers=1)
 
 
+def test_learned_query_features_give_queries_distinct_masks_from_the_first_step(tmp_path):
+    pixel_values = torch.randn(1, 3, 96, 128)
+    spread = {}
+    for learned in (False, True):
+        torch.manual_seed(0)
+        model = MaskFormerForUniversalSegmentation(tiny_config(learned_query_features=learned)).eval()
+        keys = set(model.state_dict())
+        assert ("model.transformer_module.query_features.weight" in keys) is learned
+        with torch.no_grad():
+            masks = model(pixel_values).masks_queries_logits  # (1, Q, h, w)
+        spread[learned] = masks.std(1).mean().item()  # how much the queries' masks differ, per pixel
+    # DETR's zero start: queries differ only through their attention weights, so at initialisation
+    # every query predicts nearly the same mask; a learned start separates them at once.
+    assert spread[False] < 1e-2 * spread[True]
+    model.save_pretrained(tmp_path)
+    loaded = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path).eval()
+    assert loaded.config.learned_query_features is True
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values).masks_queries_logits, masks)
+    check_batch_consistency(loaded)
+
+
 def semantic_map(class_logits, mask_logits):
     """argmax_c sum_q p_q(c) m_q[h, w] (SPEC §4), at mask resolution. (B,Q,K+1), (B,Q,h,w) -> (B,h,w)."""
     probs = class_logits.softmax(-1)[..., :-1]

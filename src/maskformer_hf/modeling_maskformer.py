@@ -193,6 +193,7 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
             attention_dropout=config.attention_dropout,
             activation_function=config.activation_function,
             activation_dropout=config.activation_dropout,
+            learned_query_features=config.learned_query_features,
         )
         self.post_init()
 

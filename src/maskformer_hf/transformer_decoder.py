@@ -140,13 +140,15 @@ class MaskFormerTransformerModule(nn.Module):
 
     Args:
         in_channels: channels of the map it reads (the stride-32 backbone map, or the FPN output).
+        learned_query_features: start the decoder from a learned `(num_queries, hidden_size)`
+            embedding instead of DETR's zeros.
         hidden_size, num_queries, encoder_layers, decoder_layers, ...: see :class:`MaskFormerConfig`.
     """
 
     def __init__(self, in_channels: int, hidden_size: int, num_queries: int, encoder_layers: int,
                  encoder_attention_heads: int, encoder_ffn_dim: int, decoder_layers: int,
                  decoder_attention_heads: int, decoder_ffn_dim: int, dropout: float, attention_dropout: float,
-                 activation_function: str, activation_dropout: float) -> None:
+                 activation_function: str, activation_dropout: float, learned_query_features: bool = False) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         # A 1x1 projection to the model width; none needed when the backbone already has it.
@@ -154,6 +156,9 @@ class MaskFormerTransformerModule(nn.Module):
             nn.Conv2d(in_channels, hidden_size, kernel_size=1) if in_channels != hidden_size else nn.Identity()
         )
         self.query_embeddings = nn.Embedding(num_queries, hidden_size)
+        # DETR's decoder starts from zeros, so queries differ only through where they attend; a learned
+        # start gives each query its own content from step 0 (``learned_query_features``, not in the paper)
+        self.query_features = nn.Embedding(num_queries, hidden_size) if learned_query_features else None
         common = dict(dropout=dropout, attention_dropout=attention_dropout, activation=activation_function,
                       activation_dropout=activation_dropout)
         self.encoder_layers = nn.ModuleList(
@@ -193,7 +198,8 @@ class MaskFormerTransformerModule(nn.Module):
         """
         query_pos = self.query_embeddings.weight.unsqueeze(0).repeat(memory.shape[0], 1, 1)  # (B, Q, D), a copy:
         # views of a parameter made under no_grad confuse autograd-based tools (FlopCounterMode)
-        x = torch.zeros_like(query_pos)
+        x = (torch.zeros_like(query_pos) if self.query_features is None
+             else self.query_features.weight.unsqueeze(0).repeat(memory.shape[0], 1, 1))
         outputs = []
         for layer in self.decoder_layers:
             x = layer(x, query_pos, memory, memory_pos, key_mask)
