@@ -12,7 +12,8 @@ release's files it names (``model_final_*.pkl``: tiny checkpoints in detectron2'
   each block in a process of its own). The Hub is faked at ``HfApi``'s HTTP
   calls (``tests/fake_hub.py``), in the test's process and for ``maskformer-hf push`` / ``train
   --push_to_hub`` commands; every commit is checked to hold a complete checkpoint.
-* ``bash`` blocks run one command per line through bash. Commands that train, evaluate, benchmark or
+* ``bash`` blocks run one command per line through bash; ``maskformer-hf`` commands run in the
+  test's process instead, through the CLI's ``main`` (``runs_in_process``), which saves a torch import each. Commands that train, evaluate, benchmark or
   generate data get budget flags appended (``BUDGETS``; argparse keeps the last value of a flag):
   the command as written, with 2 steps, 64-pixel crops, a few examples and, for paper presets, a tiny
   model of the same backbone family. ``make`` targets run in the repository with the demo's output folder and budget passed as
@@ -23,6 +24,8 @@ release's files it names (``model_final_*.pkl``: tiny checkpoints in detectron2'
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -256,7 +259,28 @@ def serve_and_stop(command: list[str], cwd: Path, env: dict[str, str]) -> None:
         process.wait(timeout=60)
 
 
-def run_command(tokens: list[str], workspace: Path) -> None:
+def runs_in_process(tokens: list[str]) -> bool:
+    """``maskformer-hf`` commands run as ``maskformer_hf.cli.main(argv)`` in the test's process (which
+    has imported torch and transformers once, instead of once per command), except those that load
+    native runtimes (``export``, ``segment --fast``) and commands with shell syntax."""
+    shell_syntax = any(token in ("|", ">", ">>", "<", "&&", ";", "&") for token in tokens)
+    return (tokens[0] == "maskformer-hf" and len(tokens) > 1 and tokens[1] != "export" and "--fast" not in tokens
+            and not shell_syntax)
+
+
+def run_in_process(tokens: list[str], text: str) -> None:
+    from maskformer_hf.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(tokens[1:])
+        except SystemExit as exit_:  # argparse: --help, bad flags
+            status = exit_.code or 0
+    assert status == 0, f"{text}\n(run in process as: {shlex.join(tokens)})\n{out.getvalue()[-3000:]}\n{err.getvalue()[-5000:]}"
+
+
+def run_command(tokens: list[str], workspace: Path, in_process: bool = True) -> None:
     env = environment()
     text = shlex.join(tokens)
     if tokens[0] == "make":
@@ -269,6 +293,8 @@ def run_command(tokens: list[str], workspace: Path) -> None:
     if "app.py" in tokens:
         return serve_and_stop(tokens, workspace, env)
     tokens = with_budget(tokens)
+    if in_process and runs_in_process(tokens):
+        return run_in_process(tokens, text)
     if tokens[0] == "maskformer-hf" and ("push" in tokens[1:2] or "--push_to_hub" in tokens):
         tokens = [sys.executable, str(ROOT / "tests" / "fake_hub.py"), str(workspace / HUB), *tokens[1:]]
     done = subprocess.run(["bash", "-c", shlex.join(tokens)], cwd=workspace, env=env, capture_output=True, text=True,
@@ -305,7 +331,7 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_s
             for tokens in shell_commands(code):
                 if " ".join(tokens) in NOT_RUN:
                     continue
-                run_command(tokens, workspace)
+                run_command(tokens, workspace, in_process=page not in OWN_PROCESS)
                 ran += 1
     assert ran > 0
     text = (ROOT / page).read_text()

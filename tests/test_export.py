@@ -60,6 +60,22 @@ def test_exported_graph_matches_eager_at_dynamic_sizes(family, fmt, tmp_path):
         assert torch.equal(classes, want)
 
 
+def test_the_small_data_recipes_heads_export_too(tmp_path):
+    """learned_query_features and mask_pooled_classification (the small-data recipe's) in an ONNX graph."""
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(
+        tiny_config(learned_query_features=True, mask_pooled_classification=True)).eval()
+    run = load_exported(export_model(model, tmp_path / "model.onnx", "onnx", example_size=(97, 45)))
+    generator = torch.Generator().manual_seed(1)
+    for batch, height, width in SIZES[:2]:
+        pixel_values = torch.randn(batch, 3, height, width, generator=generator)
+        with torch.no_grad():
+            eager = model(pixel_values=pixel_values)
+        class_logits, mask_logits = run(pixel_values, torch.ones(batch, height, width, dtype=torch.int64))
+        assert relative(class_logits, eager.class_queries_logits) < 1e-4
+        assert relative(mask_logits, eager.masks_queries_logits) < 1e-4
+
+
 def test_onnx_without_pixel_mask_and_the_padding_rule(tmp_path):
     """The graph honours pixel_mask after the backbone: all-ones equals no mask; padded pixels get -1."""
     model = tiny_model("swin")

@@ -278,6 +278,32 @@ def test_learned_query_features_give_queries_distinct_masks_from_the_first_step(
     check_batch_consistency(loaded)
 
 
+def test_mask_pooled_classification_adds_logits_read_from_each_masks_mean_pixel_embedding():
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config(mask_pooled_classification=True)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 96), output_hidden_states=True)
+        state = out.transformer_decoder_last_hidden_state  # (B, Q, D)
+        embeddings = out.pixel_decoder_last_hidden_state  # (B, C_E, h, w)
+        weights = out.masks_queries_logits.sigmoid()  # (B, Q, h, w)
+        pooled = torch.einsum("bqhw,bchw->bqc", weights, embeddings) / (weights.sum((-2, -1))[..., None] + 1)
+        want = model.class_predictor(state) + model.pooled_class_predictor(pooled)
+    torch.testing.assert_close(out.class_queries_logits, want, atol=1e-5, rtol=1e-5)
+    check_batch_consistency(model)  # padding is left out of the averages
+    # The class loss reaches the pooled head, not the masks through it (the weights are detached).
+    model.train()
+    labels = dict(mask_labels=[torch.ones(1, 64, 96)] * 2, class_labels=[torch.tensor([1])] * 2)
+    out = model(torch.randn(2, 3, 64, 96), **labels)
+    out.loss_dict["loss_cross_entropy"].backward()
+    assert model.pooled_class_predictor.weight.grad.abs().sum() > 0
+    assert model.mask_embedder.layers[0].weight.grad is None or model.mask_embedder.layers[0].weight.grad.abs().sum() == 0
+    # The per-pixel baselines have no class predictor: the flag is theirs to ignore.
+    for kind in ("per_pixel", "per_pixel_plus"):
+        baseline = MaskFormerForUniversalSegmentation(tiny_config(
+            segmentation_type=kind, num_queries=4, mask_pooled_classification=True, learned_query_features=True))
+        assert not hasattr(baseline, "pooled_class_predictor")
+
+
 def semantic_map(class_logits, mask_logits):
     """argmax_c sum_q p_q(c) m_q[h, w] (SPEC §4), at mask resolution. (B,Q,K+1), (B,Q,h,w) -> (B,h,w)."""
     probs = class_logits.softmax(-1)[..., :-1]

@@ -141,6 +141,7 @@ class MaskFormerConfig(PretrainedConfig):
         transformer_in_feature: str = "res5",  # what the decoder attends to: res5 (paper) or pixel_decoder (stride 4)
         decoder_layers: int = 6,  # each layer's output is supervised when use_auxiliary_loss
         learned_query_features: bool = False,  # not in the paper: decoder input is a learned embedding, not zeros
+        mask_pooled_classification: bool = False,  # not in the paper: class logits also read each mask's mean embedding
         decoder_attention_heads: int = 8,
         decoder_ffn_dim: int = 2048,
         dropout: float = 0.1,  # on residual branches of the transformer
@@ -182,6 +183,7 @@ class MaskFormerConfig(PretrainedConfig):
         self.transformer_in_feature = transformer_in_feature
         self.decoder_layers = decoder_layers
         self.learned_query_features = learned_query_features
+        self.mask_pooled_classification = mask_pooled_classification
         self.decoder_attention_heads = decoder_attention_heads
         self.decoder_ffn_dim = decoder_ffn_dim
         self.dropout = dropout
@@ -226,7 +228,8 @@ class MaskFormerConfig(PretrainedConfig):
              f"one of {TRANSFORMER_IN_FEATURES}")
         need(self.transformer_in_feature == "res5" or self.encoder_layers == 0, "transformer_in_feature",
              f"'res5' when encoder_layers > 0 (the encoder runs on the stride-32 map; got {self.encoder_layers} layers)")
-        need(isinstance(self.learned_query_features, bool), "learned_query_features", "True or False")
+        for field in ("learned_query_features", "mask_pooled_classification"):
+            need(isinstance(getattr(self, field), bool), field, "True or False")
         need(self.hidden_size % self.decoder_attention_heads == 0, "decoder_attention_heads",
              f"a divisor of hidden_size={self.hidden_size}")
         need(self.hidden_size % self.encoder_attention_heads == 0, "encoder_attention_heads",

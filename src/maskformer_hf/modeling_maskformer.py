@@ -91,6 +91,7 @@ class MaskFormerFeatures:
     backbone_maps: list[Tensor]  # four (B, C_i, H/s_i, W/s_i)
     fpn_maps: list[Tensor]  # strides 16, 8, 4, each (B, fpn_feature_size, h, w)
     decoder_states: Tensor | None  # (num_decoder_layers, B, num_queries, hidden_size), normalised; None: no transformer
+    valid_masks: list[Tensor] | None = None  # the backbone levels' (B, h_i, w_i) valid positions; None: no padding
 
 
 class MaskFormerPreTrainedModel(PreTrainedModel):
@@ -206,11 +207,11 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
         """Transformer module and FPN over the four backbone maps (and their valid-position masks,
         None when nothing is padded): the part of :meth:`compute_features` after the backbone."""
         if self.transformer_module is None:  # the per-pixel baseline: the FPN only
-            return MaskFormerFeatures(backbone_maps, self.pixel_decoder(backbone_maps, masks), None)
+            return MaskFormerFeatures(backbone_maps, self.pixel_decoder(backbone_maps, masks), None, masks)
         if self.transformer_in_feature == "pixel_decoder":  # the decoder reads the FPN's stride-4 map
             fpn_maps = self.pixel_decoder(backbone_maps, masks)
             states = self.transformer_module(fpn_maps[-1], None if masks is None else masks[0])
-            return MaskFormerFeatures(backbone_maps, fpn_maps, states)
+            return MaskFormerFeatures(backbone_maps, fpn_maps, states, masks)
         top_mask = None if masks is None else masks[-1]
         memory, memory_pos, key_mask = self.transformer_module.encode(backbone_maps[-1], top_mask)
         fpn_inputs = backbone_maps
@@ -219,7 +220,7 @@ class MaskFormerModel(MaskFormerPreTrainedModel):
             fpn_inputs = backbone_maps[:-1] + [zero_padding(top, top_mask)]
         fpn_maps = self.pixel_decoder(fpn_inputs, masks)
         decoder_states = self.transformer_module.decode(memory, memory_pos, key_mask)
-        return MaskFormerFeatures(backbone_maps, fpn_maps, decoder_states)
+        return MaskFormerFeatures(backbone_maps, fpn_maps, decoder_states, masks)
 
     def forward(
         self,
@@ -338,6 +339,26 @@ NO_CLASS_LOGIT = -1e4  # exp() of it is 0 in float32: a one-hot class distributi
 MAX_MASK_LOGIT = 80.0  # sigmoid(-80) ~ 1.8e-35 is still a normal float32
 
 
+def mask_pooled_embeddings(mask_logits: Tensor, pixel_embeddings: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Each query's per-pixel embeddings averaged under its mask probability (detached: the class
+    loss does not move the masks), over valid pixels only.
+
+    Args:
+        mask_logits: `(L, B, Q, h, w)`.
+        pixel_embeddings: `(B, C_E, h, w)`.
+        valid: `(B, h, w)` bool, False on padding; None: all valid.
+
+    Returns:
+        `(L, B, Q, C_E)`: ``sum_hw w * e / (sum_hw w + 1)`` with ``w = sigmoid(m)`` on valid pixels, 0 elsewhere
+        (the +1 keeps an empty mask's average near 0 rather than dividing by 0).
+    """
+    weights = mask_logits.detach().float().sigmoid()
+    if valid is not None:
+        weights = weights * valid[:, None].to(weights.dtype)
+    pooled = torch.einsum("lbqhw,bchw->lbqc", weights, pixel_embeddings.float())
+    return (pooled / (weights.sum((-2, -1))[..., None] + 1.0)).to(pixel_embeddings.dtype)
+
+
 def probability_logits(logits: Tensor, dim: int = -3) -> Tensor:
     """``logit(softmax(logits, dim))`` computed stably, clamped to ±80: sigmoid of the result is each
     class's softmax probability, without the ties that saturated sigmoids of raw logits would make.
@@ -389,6 +410,8 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
         kind = config.segmentation_type
         if kind == "mask_classification":  # created first: a seed gives the same weights as before the baselines
             self.class_predictor = nn.Linear(config.hidden_size, config.num_labels + 1)
+        if config.mask_pooled_classification and kind == "mask_classification":
+            self.pooled_class_predictor = nn.Linear(config.mask_feature_size, config.num_labels + 1)
         if kind == "per_pixel":
             self.pixel_classifier = nn.Conv2d(config.mask_feature_size, config.num_labels, kernel_size=1)
         else:
@@ -466,6 +489,9 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
             masks = torch.einsum("blqc,bchw->lbqhw", mask_embeddings, pixel_embeddings)
         else:
             masks = mask_logits(mask_embeddings, fpn_map, self.model.pixel_decoder.mask_projection).transpose(0, 1)
+        if config.mask_pooled_classification:
+            valid = None if features.valid_masks is None else features.valid_masks[0]
+            class_logits = self.add_mask_pooled_logits(class_logits, masks, pixel_embeddings, fpn_map, valid)
         auxiliary_logits = [
             {"class_queries_logits": c, "masks_queries_logits": m} for c, m in zip(class_logits[:-1], masks[:-1])
         ]
@@ -495,6 +521,15 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
             pixel_mask=pixel_mask,
         )
         return output if return_dict else output.to_tuple()
+
+    def add_mask_pooled_logits(self, class_logits: Tensor, masks: Tensor, pixel_embeddings: Tensor | None,
+                               fpn_map: Tensor, valid: Tensor | None) -> Tensor:
+        """``class_logits`` `(L, B, Q, K+1)` plus the logits that ``pooled_class_predictor`` reads from each
+        query's mask-pooled pixel embeddings (``config.mask_pooled_classification``); masks `(L, B, Q, h, w)`,
+        pixel embeddings `(B, C_E, h, w)` (None: projected from the stride-4 ``fpn_map``), valid `(B, h, w)`."""
+        if pixel_embeddings is None:
+            pixel_embeddings = self.model.pixel_decoder.mask_projection(fpn_map)
+        return class_logits + self.pooled_class_predictor(mask_pooled_embeddings(masks, pixel_embeddings, valid))
 
     def _per_pixel_forward(self, features: MaskFormerFeatures, mask_labels: list[Tensor] | None,
                            class_labels: list[Tensor] | None, output_hidden_states: bool,

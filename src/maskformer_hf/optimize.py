@@ -108,6 +108,8 @@ def _int8_model(model: nn.Module) -> nn.Module:
         quantized.model.transformer_module = quantize(quantized.model.transformer_module)
         quantized.class_predictor = quantize(nn.Sequential(quantized.class_predictor))[0]
         quantized.mask_embedder = quantize(quantized.mask_embedder)
+        if getattr(quantized, "pooled_class_predictor", None) is not None:
+            quantized.pooled_class_predictor = quantize(nn.Sequential(quantized.pooled_class_predictor))[0]
     return quantized
 
 
