@@ -134,9 +134,8 @@ class MaskFormerGraph(nn.Module):
         embeddings = segmenter.mask_embedder(state)[:, None]  # (B, 1, Q, C_E)
         mask_logits = mask_logits_by_taps(embeddings, features.fpn_maps[-1], body.pixel_decoder.mask_projection)[:, 0]
         if segmenter.config.mask_pooled_classification:
-            valid = None if masks is None else masks[0]
             class_logits = segmenter.add_mask_pooled_logits(class_logits[None], mask_logits[None], None,
-                                                            features.fpn_maps[-1], valid)[0]
+                                                            features.fpn_maps[-1], masks)[0]
         if self.postprocess is None:
             return class_logits, mask_logits
         classes = semantic_map(class_logits, mask_logits, pixel_values.shape[-2:])

@@ -490,8 +490,8 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
         else:
             masks = mask_logits(mask_embeddings, fpn_map, self.model.pixel_decoder.mask_projection).transpose(0, 1)
         if config.mask_pooled_classification:
-            valid = None if features.valid_masks is None else features.valid_masks[0]
-            class_logits = self.add_mask_pooled_logits(class_logits, masks, pixel_embeddings, fpn_map, valid)
+            class_logits = self.add_mask_pooled_logits(class_logits, masks, pixel_embeddings, fpn_map,
+                                                       features.valid_masks)
         auxiliary_logits = [
             {"class_queries_logits": c, "masks_queries_logits": m} for c, m in zip(class_logits[:-1], masks[:-1])
         ]
@@ -523,12 +523,14 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def add_mask_pooled_logits(self, class_logits: Tensor, masks: Tensor, pixel_embeddings: Tensor | None,
-                               fpn_map: Tensor, valid: Tensor | None) -> Tensor:
+                               fpn_map: Tensor, valid_masks: list[Tensor] | None) -> Tensor:
         """``class_logits`` `(L, B, Q, K+1)` plus the logits that ``pooled_class_predictor`` reads from each
         query's mask-pooled pixel embeddings (``config.mask_pooled_classification``); masks `(L, B, Q, h, w)`,
-        pixel embeddings `(B, C_E, h, w)` (None: projected from the stride-4 ``fpn_map``), valid `(B, h, w)`."""
+        pixel embeddings `(B, C_E, h, w)` (None: projected from the stride-4 ``fpn_map``), the backbone
+        levels' valid-position masks (None: no padding; the first is the stride-4 one)."""
         if pixel_embeddings is None:
             pixel_embeddings = self.model.pixel_decoder.mask_projection(fpn_map)
+        valid = None if valid_masks is None else valid_masks[0]
         return class_logits + self.pooled_class_predictor(mask_pooled_embeddings(masks, pixel_embeddings, valid))
 
     def _per_pixel_forward(self, features: MaskFormerFeatures, mask_labels: list[Tensor] | None,
