@@ -275,7 +275,8 @@ def global_num_masks(class_labels: Iterable[Tensor], reduce_sum: Callable[[Tenso
 
 
 # --- data -----------------------------------------------------------------------------------------
-DATASETS = ("synthetic", "ade20k", "ade20k-parquet", "coco-panoptic", "semantic-folder", "panoptic-folder")
+DATASETS = ("synthetic", "ade20k", "ade20k-parquet", "coco-panoptic", "semantic-folder", "panoptic-folder",
+            "coco-instances")
 
 
 def synthetic_root(config: TrainConfig) -> Path:
@@ -328,6 +329,10 @@ def load_splits(config: TrainConfig):
                                           annotation_column=config.annotation_column)
     elif config.dataset == "coco-panoptic":
         splits = data.load_coco_panoptic(config.data_dir)
+    elif config.dataset == "coco-instances":
+        from .data.coco_instances import load_coco_instances_root
+
+        splits = load_coco_instances_root(config.data_dir)
     elif config.dataset == "semantic-folder":
         splits = data.load_semantic_folder(config.data_dir)
     else:

@@ -25,6 +25,8 @@ Loaders:
   local parquet, configurable column names; the Hub's ``scene_parse_150`` is a loading script that
   ``datasets`` >= 4 refuses to run);
 - :func:`load_coco_panoptic` (official local layout);
+- :func:`load_coco_instances` (COCO instance JSON, polygons / RLE, masks rasterised lazily; every class a
+  thing, overlaps resolved as :mod:`maskformer_hf.data.coco_instances` documents);
 - :func:`load_semantic_folder`, :func:`load_panoptic_folder`: custom data, layout in
   :mod:`maskformer_hf.data.folder`;
 - :mod:`maskformer_hf.data.synthetic`: ``write_synthetic_dataset`` writes a small deterministic
@@ -34,6 +36,7 @@ Augmentation and conversion to tensors: :mod:`maskformer_hf.data.transforms`.
 """
 
 from .ade20k import ADE20K_150_CLASSES, load_ade20k, load_ade20k_parquet
+from .coco_instances import load_coco_instances
 from .coco_panoptic import load_coco_panoptic
 from .folder import load_panoptic_folder, load_semantic_folder, read_classes_json
 from .schema import (
@@ -54,6 +57,7 @@ __all__ = [
     "id_to_rgb",
     "load_ade20k",
     "load_ade20k_parquet",
+    "load_coco_instances",
     "load_coco_panoptic",
     "load_panoptic_folder",
     "load_semantic_folder",
