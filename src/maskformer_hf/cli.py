@@ -116,12 +116,13 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, eval_split=args.split,
                          train_split=args.split, max_eval_samples=args.max_samples,
                          image_column=args.image_column, annotation_column=args.annotation_column)
+    slide = _slide(args.slide)
     _, dataset, metadata = load_splits(config)
     model, processor = load_segmenter(args.model, args.device)
     metrics = _summary(evaluate_segmentation(model, processor, dataset, metadata, batch_size=args.batch_size,
-                                             threshold=args.threshold, tta=args.tta))
+                                             threshold=args.threshold, tta=args.tta, slide=slide))
     report = {"model": args.model, "dataset": args.dataset, "split": args.split, "images": len(dataset),
-              "tta": args.tta, **metrics}
+              "tta": args.tta, "slide": list(slide) if slide else None, **metrics}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=1))
@@ -144,6 +145,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _slide(values: Sequence[int] | None) -> tuple[int, int] | None:
+    """``--slide CROP STRIDE`` checked before anything loads: ValueError (exit 2) unless 1 <= STRIDE <= CROP."""
+    if values is None:
+        return None
+    crop, stride = values
+    if crop < 1 or stride < 1 or stride > crop:
+        raise ValueError(f"--slide CROP STRIDE: expected 1 <= STRIDE <= CROP (overlapping or touching windows), "
+                         f"got CROP={crop} STRIDE={stride}")
+    return crop, stride
+
+
+SLIDE_HELP = ("run the model on CROP x CROP windows STRIDE pixels apart over each (resized) image and blend them "
+              "(images larger than the training crop; docs/inference.md)")
+
+
 def _device(text: str) -> str:
     from .segment import resolve_device
 
@@ -161,6 +177,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
     from .segment import find_images, load_segmenter, segment_files
 
+    slide = _slide(args.slide)
     paths, problems = find_images(args.inputs, exclude=args.out)
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
@@ -182,7 +199,7 @@ def run_segment(args: argparse.Namespace) -> int:
         print(f"fast inference: {model.mode}", file=sys.stderr)
     run = segment_files(paths, model, processor, args.out, task=args.task, batch_size=args.batch_size,
                         threshold=args.threshold, mask_threshold=args.mask_threshold,
-                        overlap_mask_area_threshold=args.overlap_threshold, size=args.size,
+                        overlap_mask_area_threshold=args.overlap_threshold, size=args.size, slide=slide,
                         progress=not args.quiet,
                         report=lambda line, skipped: tqdm.write(line, file=sys.stderr if skipped else sys.stdout))
     print(f"{len(run.segmented)} of {len(paths)} images segmented ({args.task}), {len(run.skipped)} skipped; "
@@ -209,6 +226,7 @@ def segment_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int, default=None,
                         help="images per forward pass (padded; results do not depend on it); default 1 on the CPU "
                              "(faster there, and a third less memory, than padded batches of mixed sizes), 4 on CUDA")
+    parser.add_argument("--slide", type=int, nargs=2, metavar=("CROP", "STRIDE"), default=None, help=SLIDE_HELP)
     parser.add_argument("--device", type=_device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--fast", action="store_true",
@@ -228,6 +246,7 @@ def evaluate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=4, help="images per forward pass")
     parser.add_argument("--threshold", type=float, default=0.8, help="panoptic: minimum class probability")
     parser.add_argument("--tta", action="store_true", help="semantic: multi-scale + flip")
+    parser.add_argument("--slide", type=int, nargs=2, metavar=("CROP", "STRIDE"), default=None, help=SLIDE_HELP)
     parser.add_argument("--image_column", default="image", help="parquet datasets: the image column")
     parser.add_argument("--annotation_column", default="annotation", help="parquet datasets: the label-map column")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")

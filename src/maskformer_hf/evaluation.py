@@ -59,6 +59,7 @@ def evaluate_segmentation(
     reduce_sum: Callable[[Tensor], Tensor] | None = None,
     progress: bool = True,
     autocast_dtype: torch.dtype | None = None,
+    slide: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """mIoU (and, for panoptic data, PQ / SQ / RQ for all, things and stuff) of ``model`` on ``dataset``.
 
@@ -73,6 +74,8 @@ def evaluate_segmentation(
         rank, num_processes, reduce_sum: data-parallel evaluation; ``reduce_sum`` sums a tensor over
             processes (e.g. ``lambda t: accelerator.reduce(t, "sum")``).
         autocast_dtype: run the model under CPU/GPU autocast with this dtype.
+        slide: `(crop, stride)`: semantic and panoptic maps from overlapping crop windows over each
+            image as the processor resized it (:mod:`maskformer_hf.sliding_window`), not one pass.
 
     Returns:
         ``mean_iou``, ``mean_accuracy``, ``overall_accuracy``, ``per_category_iou`` ... and, for
@@ -81,6 +84,12 @@ def evaluate_segmentation(
         maps is one stuff segment (:func:`semantic_as_segments`).
     """
     from .inference import semantic_inference_tta
+    from .sliding_window import check_slide, sliding_window_inference
+
+    if slide is not None:
+        if tta:
+            raise ValueError("slide and tta: pick one (sliding windows run at the test size only)")
+        check_slide(*slide)
 
     was_training = model.training
     model.eval()
@@ -100,11 +109,18 @@ def evaluate_segmentation(
         sizes = [tuple(image.shape[-2:]) for image in images]
         inputs = image_processor(images=images, return_tensors="pt").to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            if tta:
+            if slide is not None:
+                slid = sliding_window_inference(
+                    model, inputs["pixel_values"], inputs["pixel_mask"], crop=slide[0], stride=slide[1],
+                    task=("semantic", "panoptic") if pq is not None else ("semantic",), target_sizes=sizes,
+                    threshold=threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
+                    label_ids_to_fuse=stuff, batch_size=batch_size)
+                maps = slid["semantic"]
+            elif tta:
                 maps = semantic_inference_tta(model, inputs["pixel_values"], inputs["pixel_mask"], target_sizes=sizes)
-            if not tta or pq is not None:
+            if slide is None and (not tta or pq is not None):
                 outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
-        if not tta:
+        if slide is None and not tta:
             maps = image_processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
         miou.update([m.cpu() for m in maps], [t["semantic"] for t in truths])
         if pq_semantic is not None:
@@ -113,7 +129,7 @@ def evaluate_segmentation(
             pq_semantic.update([p[0] for p in predicted], [p[1] for p in predicted],
                                [r[0] for r in reference], [r[1] for r in reference])
         if pq is not None:
-            results = image_processor.post_process_panoptic_segmentation(
+            results = slid["panoptic"] if slide is not None else image_processor.post_process_panoptic_segmentation(
                 outputs, threshold=threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
                 label_ids_to_fuse=stuff, target_sizes=sizes)
             pq.update([r["segmentation"].cpu() for r in results], [r["segments_info"] for r in results],

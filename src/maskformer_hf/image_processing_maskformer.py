@@ -29,6 +29,7 @@ from transformers.processing_utils import ImagesKwargs
 from transformers.utils import cached_file
 
 from .inference import instance_inference, panoptic_inference, semantic_inference
+from .sliding_window import sliding_window_inference
 
 logger = logging.getLogger(__name__)
 
@@ -521,6 +522,31 @@ class MaskFormerImageProcessor(BaseImageProcessor):
         return panoptic_inference(*_logits(outputs, self.num_labels), target_sizes=target_sizes, threshold=threshold,
                                   mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
                                   label_ids_to_fuse=label_ids_to_fuse)
+
+
+    def segment_sliding_window(self, model: Any, images: Any, crop: int | Sequence[int], stride: int | Sequence[int],
+                               task: str | Sequence[str] = "semantic", threshold: float = 0.5,
+                               mask_threshold: float = 0.5, overlap_mask_area_threshold: float = 0.8,
+                               label_ids_to_fuse: Iterable[int] | None = None,
+                               target_sizes: Sequence[Sequence[int]] | None = None, batch_size: int = 4,
+                               **overrides: Any) -> list[Any] | dict[str, list[Any]]:
+        """Segment images larger than the training crop: pre-process them as :meth:`preprocess` does
+        (with `overrides`, e.g. ``do_resize=False`` to keep a large image's resolution), run `model`
+        on `crop` windows `stride` apart and blend them
+        (:func:`~maskformer_hf.sliding_window.sliding_window_inference`, docs/inference.md). Results
+        are what ``post_process_<task>_segmentation`` returns, at `target_sizes` (default: each
+        image's own size); `label_ids_to_fuse` defaults to the processor's."""
+        image_list = _as_list(images, 3)
+        if target_sizes is None:
+            target_sizes = [tuple(_image_to_tensor(image, i).shape[-2:]) for i, image in enumerate(image_list)]
+        inputs = self.preprocess(image_list, **overrides)
+        device = next(model.parameters()).device
+        return sliding_window_inference(
+            model, inputs["pixel_values"].to(device), inputs["pixel_mask"].to(device), crop=crop, stride=stride,
+            task=task, target_sizes=target_sizes, threshold=threshold, mask_threshold=mask_threshold,
+            overlap_mask_area_threshold=overlap_mask_area_threshold,
+            label_ids_to_fuse=self.label_ids_to_fuse if label_ids_to_fuse is None else label_ids_to_fuse,
+            batch_size=batch_size, size_divisor=int(overrides.get("size_divisor", self.size_divisor)))
 
 
 def shortest_edge_size(shortest_edge: int) -> dict[str, int]:

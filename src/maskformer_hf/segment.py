@@ -147,18 +147,24 @@ def load_segmenter(model_name_or_path: str | Path, device: str | None = None) ->
 @torch.inference_mode()
 def predict(model: Any, processor: Any, images: Sequence[Image.Image], task: str = "panoptic",
             threshold: float = 0.5, mask_threshold: float = 0.5, overlap_mask_area_threshold: float = 0.8,
-            size: int | None = None) -> list[Any]:
+            size: int | None = None, slide: tuple[int, int] | None = None) -> list[Any]:
     """One padded batch through processor, model and post-processing, each result at its image's
     size: semantic `(H, W)` int64 class maps; panoptic / instance ``{"segmentation",
     "segments_info"}`` dicts (see the processor's ``post_process_*``). `size`: the model sees each
-    image with this shortest edge (longest at most 4x), instead of the processor's own setting."""
+    image with this shortest edge (longest at most 4x), instead of the processor's own setting.
+    `slide`: `(crop, stride)` windows over each resized image, blended (:mod:`maskformer_hf.sliding_window`)."""
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
     device = next(model.parameters()).device
     resize = {} if size is None else {"do_resize": True, "size": shortest_edge_size(size)}
+    sizes = [(image.height, image.width) for image in images]
+    if slide is not None:
+        return processor.segment_sliding_window(
+            model, list(images), crop=slide[0], stride=slide[1], task=task, threshold=threshold,
+            mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
+            target_sizes=sizes, batch_size=1 if device.type == "cpu" else 4, **resize)
     inputs = processor(images=list(images), return_tensors="pt", **resize)
     outputs = model(pixel_values=inputs["pixel_values"].to(device), pixel_mask=inputs["pixel_mask"].to(device))
-    sizes = [(image.height, image.width) for image in images]
     if task == "semantic":
         return processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
     thresholds = dict(threshold=threshold, mask_threshold=mask_threshold,
@@ -353,10 +359,11 @@ def _predict_or_split(batch: list[tuple[Path, Image.Image]], run: Any) -> Iterat
 def segment_files(paths: Sequence[Path], model: Any, processor: Any, out_dir: str | Path, task: str = "panoptic",
                   batch_size: int | None = None, threshold: float = 0.5, mask_threshold: float = 0.5,
                   overlap_mask_area_threshold: float = 0.8, size: int | None = None, progress: bool = True,
-                  report: Callable[[str, bool], None] | None = None) -> SegmentRun:
+                  report: Callable[[str, bool], None] | None = None,
+                  slide: tuple[int, int] | None = None) -> SegmentRun:
     """Segment `paths` in batches and write every image's files into `out_dir` (created), then the
     run's COCO file. ``report(line, skipped)`` receives one line per image: its summary, or why it
-    was skipped (unreadable, or inference failed on it). `size`: see :func:`predict`. `batch_size`:
+    was skipped (unreadable, or inference failed on it). `size`, `slide`: see :func:`predict`. `batch_size`:
     images per forward pass; None: 1 on the CPU (padded batches of mixed sizes are slower there and
     take more memory), 4 elsewhere."""
     from tqdm.auto import tqdm
@@ -367,6 +374,10 @@ def segment_files(paths: Sequence[Path], model: Any, processor: Any, out_dir: st
         batch_size = 1 if next(model.parameters()).device.type == "cpu" else 4
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if slide is not None:
+        from .sliding_window import check_slide
+
+        check_slide(*slide)  # here: a bad setting is the caller's error, not one image's failure
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
@@ -375,7 +386,8 @@ def segment_files(paths: Sequence[Path], model: Any, processor: Any, out_dir: st
     say = report or (lambda line, skipped: None)
 
     def infer(images: list[Image.Image]) -> list[Any]:
-        return predict(model, processor, images, task, threshold, mask_threshold, overlap_mask_area_threshold, size)
+        return predict(model, processor, images, task, threshold, mask_threshold, overlap_mask_area_threshold, size,
+                       slide)
 
     bar = tqdm(total=len(paths), desc=f"segmenting ({task})", unit="image", disable=not progress)
     for batch, failures in _batches(paths, batch_size):
