@@ -78,6 +78,19 @@ def nonfinite_outcome(mode: str, step: int, image_ids: list, what: str, log: log
         log.warning("step %d: non-finite %s on images %s; step skipped (no optimizer step)", step, what, image_ids)
 
 
+def _crop_size(value: Any) -> int | list[int]:
+    """``TrainConfig.crop_size`` normalised: an int (square crop) or ``[height, width]``; a one-element
+    list (what ``--crop_size 512`` parses to) is its int. Strings of digits are accepted (the CLI)."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    try:
+        sides = [int(v) for v in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"TrainConfig.crop_size must be a side or [height, width] in pixels, got {value!r}") from None
+    if len(sides) not in (1, 2) or min(sides) < 1 or any(isinstance(v, float) and v != int(v) for v in items):
+        raise ValueError(f"TrainConfig.crop_size must be a side or [height, width] of positive ints, got {value!r}")
+    return sides[0] if len(sides) == 1 else sides
+
+
 def _arg(default: Any, help: str) -> Any:  # noqa: A002
     """A recipe field with its one-line help (the ``--flag``'s help in ``maskformer-hf train --help``);
     a ``list`` or ``dict`` default means a fresh empty one."""
@@ -91,8 +104,9 @@ class TrainConfig:
     """Every knob of a training run; a recipe file (YAML or JSON) fills it, flags override it."""
 
     # Data
-    dataset: str = _arg("synthetic", "synthetic | ade20k | ade20k-parquet | coco-panoptic | semantic-folder | "
-                        "panoptic-folder")
+    dataset: str = _arg("synthetic", "synthetic | ade20k | ade20k-parquet | ade20k-panoptic | ade20k-full | "
+                        "coco-panoptic | coco-instances | coco-stuff | cityscapes | cityscapes-panoptic | "
+                        "mapillary-vistas | semantic-folder | panoptic-folder (docs/data.md: each one's folder)")
     data_dir: str | None = _arg(None, "the dataset's root folder (synthetic: where it is generated; "
                                 "ade20k-parquet: a Hub name or folder)")
     train_split: str = _arg("train", "split to train on")
@@ -108,9 +122,13 @@ class TrainConfig:
     max_train_samples: int | None = _arg(None, "use only the first N training examples")
     max_eval_samples: int | None = _arg(None, "evaluate on only the first N examples")
     augmentation: str = _arg("ade20k", "ade20k (scale jitter + crop + flip + colour) | coco-panoptic (DETR) | none")
-    crop_size: int = _arg(512, "training crop side in pixels (ade20k augmentation)")
-    min_scale: float = _arg(0.5, "smallest scale jitter, as a multiple of the crop size (ade20k augmentation)")
-    max_scale: float = _arg(2.0, "largest scale jitter, as a multiple of the crop size (ade20k augmentation)")
+    crop_size: int | list[int] = _arg(512, "training crop in pixels: a side, or HEIGHT WIDTH (Cityscapes: 512 1024) "
+                                      "(ade20k augmentation)")
+    min_scale: float = _arg(0.5, "smallest scale jitter, as a multiple of scale_base (ade20k augmentation)")
+    max_scale: float = _arg(2.0, "largest scale jitter, as a multiple of scale_base (ade20k augmentation)")
+    scale_base: int | None = _arg(None, "short side at scale 1 of the jitter (None: the crop's longer side, the "
+                                  "paper's convention; Mapillary Vistas: 2048 with 1280 crops); the long side stays "
+                                  "<= 4 x scale_base (ade20k augmentation)")
     eval_size: int | None = _arg(None, "shortest edge at evaluation (None: a new model sees images as they are, "
                                  "a checkpoint keeps its processor's size)")
     num_workers: int = _arg(2, "DataLoader worker processes (0: load in the main process)")
@@ -150,7 +168,10 @@ class TrainConfig:
                                "step and image ids) | skip (no optimizer step, a warning naming the image ids)")
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "crop_size")
+        self.crop_size = _crop_size(self.crop_size)
+        positive = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps")
+        if self.scale_base is not None:
+            positive += ("scale_base",)
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -275,8 +296,16 @@ def global_num_masks(class_labels: Iterable[Tensor], reduce_sum: Callable[[Tenso
 
 
 # --- data -----------------------------------------------------------------------------------------
+# TrainConfig.dataset names read by a maskformer_hf.data loader given only the folder.
+FOLDER_LOADERS = {
+    "ade20k": "load_ade20k", "ade20k-panoptic": "load_ade20k_panoptic", "ade20k-full": "load_ade20k_full",
+    "coco-panoptic": "load_coco_panoptic", "coco-stuff": "load_coco_stuff", "cityscapes": "load_cityscapes",
+    "cityscapes-panoptic": "load_cityscapes_panoptic", "mapillary-vistas": "load_mapillary_vistas",
+    "semantic-folder": "load_semantic_folder", "panoptic-folder": "load_panoptic_folder",
+}
 DATASETS = ("synthetic", "ade20k", "ade20k-parquet", "coco-panoptic", "semantic-folder", "panoptic-folder",
-            "coco-instances")
+            "coco-instances", "ade20k-panoptic", "ade20k-full", "coco-stuff", "cityscapes", "cityscapes-panoptic",
+            "mapillary-vistas")
 
 
 def synthetic_root(config: TrainConfig) -> Path:
@@ -322,21 +351,15 @@ def load_splits(config: TrainConfig):
         raise ValueError(f"TrainConfig.data_dir: dataset {config.dataset!r} needs its folder")
     if config.dataset == "synthetic":
         splits = data.load_coco_panoptic(synthetic_root(config))
-    elif config.dataset == "ade20k":
-        splits = data.load_ade20k(config.data_dir)
     elif config.dataset == "ade20k-parquet":
         splits = data.load_ade20k_parquet(config.data_dir, image_column=config.image_column,
                                           annotation_column=config.annotation_column)
-    elif config.dataset == "coco-panoptic":
-        splits = data.load_coco_panoptic(config.data_dir)
     elif config.dataset == "coco-instances":
         from .data.coco_instances import load_coco_instances_root
 
         splits = load_coco_instances_root(config.data_dir)
-    elif config.dataset == "semantic-folder":
-        splits = data.load_semantic_folder(config.data_dir)
     else:
-        splits = data.load_panoptic_folder(config.data_dir)
+        splits = getattr(data, FOLDER_LOADERS[config.dataset])(config.data_dir)
     for split in (config.train_split, config.eval_split):
         if split not in splits:
             raise ValueError(f"dataset {config.dataset!r} at {config.data_dir}: no split {split!r} "
@@ -354,7 +377,8 @@ def train_transforms(config: TrainConfig):
     from .data.transforms import ade20k_train_transforms, coco_panoptic_train_transforms
 
     if config.augmentation == "ade20k":
-        return ade20k_train_transforms(config.crop_size, (config.min_scale, config.max_scale))
+        return ade20k_train_transforms(config.crop_size, (config.min_scale, config.max_scale),
+                                       scale_base=config.scale_base)
     if config.augmentation == "coco-panoptic":
         return coco_panoptic_train_transforms()
     if config.augmentation == "none":

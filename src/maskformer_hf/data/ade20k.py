@@ -1,4 +1,5 @@
-"""ADE20K-150 (SceneParsing): from the official ``ADEChallengeData2016/`` folder or from parquet.
+"""ADE20K-150 (SceneParsing): from the official ``ADEChallengeData2016/`` folder or from parquet; its
+panoptic version (:func:`load_ade20k_panoptic`) from MaskFormer's prepared files in the same folder.
 
 Folder layout (the official zip): ``images/{training,validation}/*.jpg`` and
 ``annotations/{training,validation}/*.png`` (mode L: 0 = "other", 1..150 = classes), 20,210 / 2,000
@@ -20,7 +21,8 @@ from typing import Any
 
 import datasets
 
-from .folder import SPLIT_ALIASES, _select, build_semantic_dataset_dict, read_classes_json
+from .coco_panoptic import combine_splits, panoptic_json_split, read_panoptic_json
+from .folder import SPLIT_ALIASES, _select, build_semantic_dataset_dict, check_split, read_classes_json, require_dir
 from .schema import SegmentationMetadata, dataset_info
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,41 @@ def load_ade20k(
         class_names, things = classes["names"], classes["things"]
     metadata = ade20k_metadata(class_names or ADE20K_150_CLASSES, things)
     return _select(build_semantic_dataset_dict(root, metadata, split_aliases=SPLIT_ALIASES), split)
+
+
+def load_ade20k_panoptic(root: str | Path, split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
+    """ADE20K panoptic (150 classes, as MaskFormer's ``prepare_ade20k_pan_seg.py`` writes it) -> splits
+    ``train`` and ``validation``.
+
+    Layout, inside ``ADEChallengeData2016/``: ``ade20k_panoptic_{train,val}.json`` (COCO panoptic
+    format; categories 0..149 with ``isthing``), ``ade20k_panoptic_{train,val}/*.png`` (RGB segment
+    ids) and the images ``images/{training,validation}/*.jpg``. Read by the COCO panoptic machinery:
+    a missing JSON is skipped with a log line, rows whose image or PNG is missing are dropped with a
+    warning, and no JSON at all raises ``ValueError``.
+    """
+    root = Path(root)
+    loaded = {}
+    for name, image_folder in wanted_panoptic_splits(split):
+        json_path = root / f"ade20k_panoptic_{name}.json"
+        if not json_path.is_file():
+            logger.info("skipping %s: no %s", name, json_path)
+            continue
+        image_dir = require_dir(root / "images" / image_folder, f"the images of {json_path.name}")
+        png_dir = require_dir(root / f"ade20k_panoptic_{name}", f"the panoptic PNGs of {json_path.name}")
+        loaded[SPLIT_ALIASES.get(name, name)] = panoptic_json_split(
+            read_panoptic_json(json_path), lambda image, d=image_dir: str(d / image["file_name"]), png_dir,
+            SPLIT_ALIASES.get(name, name), json_path.name)
+    if not loaded:
+        raise ValueError(f"no ade20k_panoptic_{{train,val}}.json under {root} (MaskFormer's "
+                         "datasets/prepare_ade20k_pan_seg.py writes them)")
+    return _select(combine_splits(loaded), split)
+
+
+def wanted_panoptic_splits(split: str | None) -> list[tuple[str, str]]:
+    """(JSON split name, image folder) pairs to read for ``split``."""
+    pairs = {"train": ("train", "training"), "validation": ("val", "validation")}
+    check_split(split, list(pairs))
+    return [pair for name, pair in pairs.items() if split in (None, name)]
 
 
 def load_ade20k_parquet(

@@ -13,6 +13,9 @@ The JSON holds ``categories`` (``id``, ``name``, ``isthing``; 133 classes, ids 1
 used as they are. Category ids are mapped to contiguous label ids in ascending id order; the
 metadata keeps ``thing_ids`` (label ids with ``isthing``) and ``source_category_ids`` (the COCO id
 of each label, to write predictions back in COCO format).
+
+The other COCO-format panoptic sets (Cityscapes, ADE20K panoptic) are read by the same
+:func:`panoptic_json_split`, given where their images lie.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 
 from .folder import SPLIT_ALIASES, _select
-from .schema import SegmentationMetadata, dataset_info
+from .schema import SegmentationMetadata, dataset_info, get_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -70,41 +73,88 @@ def load_coco_panoptic(
         year: the suffix of the folder names.
     """
     root = Path(root)
-    if split is not None:
-        wanted = {SPLIT_ALIASES.get(s, s): s for s in splits}
-        if split not in wanted:
-            raise ValueError(f"split {split!r} not found; available: {list(wanted)}")
-        splits = [wanted[split]]
-    loaded, metadata = {}, None
-    for coco_split in splits:
+    loaded = {}
+    for coco_split in wanted_splits(splits, split):
         json_path = root / "annotations" / f"panoptic_{coco_split}{year}.json"
         if not json_path.is_file():
             logger.info("skipping %s: no %s", coco_split, json_path)
             continue
-        content = json.loads(json_path.read_text())
-        split_metadata = coco_panoptic_metadata(content["categories"])
-        if metadata is not None and split_metadata != metadata:
-            raise ValueError(f"{json_path}: categories differ from those of the other split")
-        metadata = split_metadata
-        loaded[SPLIT_ALIASES.get(coco_split, coco_split)] = _split_table(root, coco_split, year, content, metadata)
-        logger.info("%s: %d images", json_path, len(loaded[SPLIT_ALIASES.get(coco_split, coco_split)]))
+        content = read_panoptic_json(json_path)
+        image_dir = _find_dir(root, [f"{coco_split}{year}", f"images/{coco_split}{year}"], "image")
+        png_dir = _find_dir(root, [f"panoptic_{coco_split}{year}", f"annotations/panoptic_{coco_split}{year}"],
+                            "panoptic PNG")
+        name = SPLIT_ALIASES.get(coco_split, coco_split)
+        loaded[name] = panoptic_json_split(content, lambda image, d=image_dir: str(d / image["file_name"]), png_dir,
+                                           name, json_path.name)
     if not loaded:
         raise ValueError(f"no annotations/panoptic_{{{','.join(splits)}}}{year}.json under {root}")
-    return _select(datasets.DatasetDict(loaded), split)
+    return _select(combine_splits(loaded), split)
 
 
-def _split_table(root: Path, coco_split: str, year: str, content: dict[str, Any],
-                 metadata: SegmentationMetadata) -> datasets.Dataset:
-    image_dir = _find_dir(root, [f"{coco_split}{year}", f"images/{coco_split}{year}"], "image")
-    png_dir = _find_dir(root, [f"panoptic_{coco_split}{year}", f"annotations/panoptic_{coco_split}{year}"],
-                        "panoptic PNG")
+def wanted_splits(splits: Sequence[str], split: str | None) -> list[str]:
+    """The dataset's own split names to read: all of ``splits``, or the one whose normalised name
+    (``val`` -> ``validation``) is ``split``; an unknown ``split`` raises ``ValueError``."""
+    if split is None:
+        return list(splits)
+    wanted = {SPLIT_ALIASES.get(s, s): s for s in splits}
+    if split not in wanted:
+        raise ValueError(f"split {split!r} not found; available: {list(wanted)}")
+    return [wanted[split]]
+
+
+def read_panoptic_json(path: Path) -> dict[str, Any]:
+    """A COCO-format panoptic JSON (``images``, ``annotations``, ``categories``), checked for those keys."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    missing = [key for key in ("images", "annotations", "categories") if key not in content]
+    if missing:
+        raise ValueError(f"{path}: a COCO panoptic JSON needs 'images', 'annotations' and 'categories'; "
+                         f"{missing} missing")
+    return content
+
+
+def combine_splits(loaded: dict[str, datasets.Dataset]) -> datasets.DatasetDict:
+    """The splits as one ``DatasetDict``; their label spaces must agree."""
+    metadata = {name: get_metadata(table) for name, table in loaded.items()}
+    first = next(iter(loaded))
+    for name, value in metadata.items():
+        if value != metadata[first]:
+            raise ValueError(f"split {name!r}: categories differ from those of split {first!r}")
+    return datasets.DatasetDict(loaded)
+
+
+def panoptic_json_split(
+    content: dict[str, Any],
+    image_path: Callable[[dict[str, Any]], str],
+    png_dir: Path,
+    split: str,
+    source: str,
+    metadata: SegmentationMetadata | None = None,
+) -> datasets.Dataset:
+    """One split of COCO-format panoptic annotations -> a ``Dataset`` of the shared schema.
+
+    Args:
+        content: the parsed JSON (:func:`read_panoptic_json`).
+        image_path: an ``images`` entry -> the path of its image file (layouts differ: COCO's
+            ``train2017/<file_name>``, Cityscapes' ``leftImg8bit/<split>/<city>/<file_name>``).
+        png_dir: the folder of the PNGs named by the annotations' ``file_name``.
+        split: the split's name (``train``, ``validation``).
+        source: what to name in messages (the JSON's file name).
+        metadata: default :func:`coco_panoptic_metadata` of the JSON's ``categories``.
+
+    Rows whose image or PNG is missing are dropped with a warning naming them (a partial
+    download); none left raises ``ValueError``.
+    """
+    metadata = metadata or coco_panoptic_metadata(content["categories"])
     label_of = {category_id: label for label, category_id in enumerate(metadata.source_category_ids)}
-    file_of = {image["id"]: image["file_name"] for image in content["images"]}
+    image_of = {image["id"]: image for image in content["images"]}
     columns: dict[str, list[Any]] = {"image_id": [], "image": [], "annotation": [], "segments_info": []}
     for annotation in content["annotations"]:
-        if annotation["image_id"] not in file_of:
-            raise ValueError(f"annotation {annotation['file_name']} refers to image_id {annotation['image_id']}, "
-                             "which is not in 'images'")
+        if annotation["image_id"] not in image_of:
+            raise ValueError(f"{source}: annotation {annotation['file_name']} refers to image_id "
+                             f"{annotation['image_id']}, which is not in 'images'")
         segments = []
         for segment in annotation["segments_info"]:
             if segment["category_id"] not in label_of:
@@ -115,13 +165,14 @@ def _split_table(root: Path, coco_split: str, year: str, content: dict[str, Any]
             segments.append({"id": int(segment["id"]), "label_id": label_of[segment["category_id"]],
                              "iscrowd": bool(segment.get("iscrowd", 0))})
         columns["image_id"].append(str(annotation["image_id"]))
-        columns["image"].append(str(image_dir / file_of[annotation["image_id"]]))
+        columns["image"].append(str(image_path(image_of[annotation["image_id"]])))
         columns["annotation"].append(str(png_dir / annotation["file_name"]))
         columns["segments_info"].append(segments)
-    columns = _drop_missing_files(columns, f"panoptic_{coco_split}{year}.json")
+    columns = _drop_missing_files(columns, source)
     info = dataset_info(metadata)
-    return datasets.Dataset.from_dict(columns, features=info.features, info=info,
-                                      split=SPLIT_ALIASES.get(coco_split, coco_split))
+    table = datasets.Dataset.from_dict(columns, features=info.features, info=info, split=split)
+    logger.info("%s: %d images", source, len(table))
+    return table
 
 
 def _drop_missing_files(columns: dict[str, list[Any]], source: str) -> dict[str, list[Any]]:

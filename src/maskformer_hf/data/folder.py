@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,67 @@ def pair_files(image_dir: Path, annotation_dir: Path) -> tuple[list[str], list[s
     return [p.stem for p in images], [str(p) for p in images], [str(a) for a in annotations]
 
 
+def pair_by_key(images: Mapping[str, str], annotations: Mapping[str, str], image_dir: Path | str,
+                annotation_dir: Path | str) -> tuple[list[str], list[str], list[str]]:
+    """Sorted (keys, image paths, annotation paths) of two ``{key: path}`` listings (key = the image id,
+    e.g. Cityscapes' ``<city>_<seq>_<frame>``); a key on one side only raises ``ValueError`` naming
+    the file without a partner, and an empty listing raises too."""
+    if not images:
+        raise ValueError(f"no image in {image_dir}")
+    if not annotations:
+        raise ValueError(f"no annotation in {annotation_dir}")
+    lonely_images = sorted(set(images) - set(annotations))
+    if lonely_images:
+        raise ValueError(f"{len(lonely_images)} of {len(images)} images in {image_dir} have no annotation in "
+                         f"{annotation_dir}, e.g. {images[lonely_images[0]]}")
+    lonely_annotations = sorted(set(annotations) - set(images))
+    if lonely_annotations:
+        raise ValueError(f"{len(lonely_annotations)} of {len(annotations)} annotations in {annotation_dir} have no "
+                         f"image in {image_dir}, e.g. {annotations[lonely_annotations[0]]}")
+    keys = sorted(images)
+    return keys, [images[k] for k in keys], [annotations[k] for k in keys]
+
+
+def semantic_split(ids: Sequence[str], images: Sequence[str], annotations: Sequence[str],
+                   metadata: SegmentationMetadata, split: str) -> datasets.Dataset:
+    """One split of a semantic dataset (paired file lists) -> a ``Dataset`` of the shared schema; only
+    the first annotation's header is read, to check it is a single-channel map."""
+    with Image.open(annotations[0]) as first:
+        if first.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"semantic annotations must be single-channel PNGs or TIFFs (mode L, P, I;16) of class "
+                             f"values; {annotations[0]} has mode {first.mode}")
+    info = dataset_info(metadata)
+    return datasets.Dataset.from_dict(
+        {"image_id": list(ids), "image": list(images), "annotation": list(annotations),
+         "segments_info": [[] for _ in ids]}, info=info, features=info.features, split=split)
+
+
+def list_files(directory: Path, suffix: str, recursive: bool = False) -> dict[str, str]:
+    """``{file name without suffix: path}`` of the files in ``directory`` (and its sub-folders when
+    ``recursive``, e.g. Cityscapes' city folders) whose name ends with ``suffix`` (case-insensitive)."""
+    found: dict[str, str] = {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if recursive and entry.is_dir():
+                found.update(list_files(Path(entry.path), suffix, recursive))
+            elif entry.is_file() and entry.name.lower().endswith(suffix.lower()):
+                found[entry.name[:len(entry.name) - len(suffix)]] = entry.path
+    return found
+
+
+def check_split(split: str | None, available: Sequence[str]) -> None:
+    """A ``ValueError`` when ``split`` (None: all) is not one of a loader's ``available`` split names."""
+    if split is not None and split not in available:
+        raise ValueError(f"split {split!r} not found; available: {list(available)}")
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a folder, else a ``ValueError`` naming it and ``what`` it should hold."""
+    if not path.is_dir():
+        raise ValueError(f"expected {what} at {path}, found no such folder")
+    return path
+
+
 def _select(dataset_dict: datasets.DatasetDict, split: str | None) -> datasets.Dataset | datasets.DatasetDict:
     if split is None:
         return dataset_dict
@@ -117,18 +179,11 @@ def build_semantic_dataset_dict(
     split_aliases: Mapping[str, str] = SPLIT_ALIASES,
 ) -> datasets.DatasetDict:
     """``images/<split>/*`` + ``annotations/<split>/*.png`` -> DatasetDict (no pixel is read but one PNG's header)."""
-    info = dataset_info(metadata)
     splits = {}
     for split, folder in find_split_dirs(root / image_dir, split_aliases).items():
         annotations = root / annotation_dir / folder.relative_to(root / image_dir)
         ids, images, labels = pair_files(folder, annotations)
-        with Image.open(labels[0]) as first:
-            if first.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"semantic annotations must be single-channel PNGs (mode L or P) of class values; "
-                                 f"{labels[0]} has mode {first.mode}")
-        splits[split] = datasets.Dataset.from_dict(
-            {"image_id": ids, "image": images, "annotation": labels, "segments_info": [[] for _ in ids]},
-            info=info, features=info.features, split=split)
+        splits[split] = semantic_split(ids, images, labels, metadata, split)
         logger.info("%s/%s: %d images", root, split, len(ids))
     return datasets.DatasetDict(splits)
 

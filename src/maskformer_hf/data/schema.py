@@ -5,7 +5,8 @@ Columns (``datasets.Features``, see :func:`segmentation_features`):
 - ``image_id`` (string): the file stem, or COCO's image id as a string.
 - ``image`` (``datasets.Image(mode="RGB")``): decoded as an RGB PIL image.
 - ``annotation`` (``datasets.Image()``): the label map exactly as stored on disk, decoded lazily.
-  Semantic datasets: a single-channel map of class values (raw: see ``reduce_labels``).
+  Semantic datasets: a single-channel map of class values (raw: see ``reduce_labels`` and
+  ``label_values``; 8- or 16-bit, so 847 ADE20K-Full classes fit).
   Panoptic datasets: a segment-id map, RGB PNGs encoding ``id = R + 256·G + 256²·B`` (COCO) —
   lossless, ids above 255 included. :func:`read_label_map` turns either into an int64 array.
 - ``segments_info`` (list of ``{"id": int64, "label_id": ClassLabel, "iscrowd": bool}``): one entry
@@ -44,6 +45,9 @@ class SegmentationMetadata:
     ignore_index: int = 255  # label of ignored pixels in a (reduced) semantic map
     reduce_labels: bool = False  # semantic annotation stores 0 = unlabelled and k = label k - 1 (ADE20K)
     source_category_ids: tuple[int, ...] | None = None  # dataset's own id of each label (COCO), for export
+    # semantic data: the stored annotation value of each label id (Cityscapes' labelIds 7, 8, 11, ...);
+    # every other stored value is ignore_index. None: the stored values are the label ids (after reduce_labels).
+    label_values: tuple[int, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, JSON-serialisable
 
     def __post_init__(self) -> None:
@@ -58,6 +62,16 @@ class SegmentationMetadata:
             raise ValueError(f"thing_ids must be label ids in [0, {self.num_labels}), got {bad}")
         if 0 <= self.ignore_index < self.num_labels:
             raise ValueError(f"ignore_index={self.ignore_index} collides with a label id (K={self.num_labels})")
+        if self.label_values is not None:
+            object.__setattr__(self, "label_values", tuple(int(v) for v in self.label_values))
+            if self.task != "semantic" or self.reduce_labels:
+                raise ValueError("label_values maps stored values of semantic data; it needs task='semantic' and "
+                                 f"reduce_labels=False (got task={self.task!r}, reduce_labels={self.reduce_labels})")
+            if len(self.label_values) != self.num_labels:
+                raise ValueError(f"label_values needs {self.num_labels} entries (one stored value per label id), "
+                                 f"got {len(self.label_values)}")
+            if len(set(self.label_values)) != len(self.label_values) or min(self.label_values, default=0) < 0:
+                raise ValueError(f"label_values must be distinct non-negative values, got {self.label_values[:10]}...")
         if self.source_category_ids is not None:
             object.__setattr__(self, "source_category_ids", tuple(int(i) for i in self.source_category_ids))
             if len(self.source_category_ids) != self.num_labels:

@@ -7,8 +7,9 @@ example or on a batch, so ``dataset.with_transform(SegmentationTransform(...))``
 Output per example:
 
 - ``image``: `(3, H, W)` uint8 tensor;
-- ``label_map``: `(H, W)` int64 tensor. Semantic data: class indices, reduced if the metadata says
-  so, unlabelled and padded pixels = ``ignore_index``. Panoptic data: the segment ids, unchanged
+- ``label_map``: `(H, W)` int64 tensor. Semantic data: class indices, reduced or mapped from the
+  stored values (``label_values``, e.g. Cityscapes' labelIds -> train ids) if the metadata says so,
+  unlabelled and padded pixels = ``ignore_index``. Panoptic data: the segment ids, unchanged
   (ids above 255, even above 2^24, survive: the pipeline moves compact indices, see below); void
   and padded pixels = 0;
 - ``segments_info``: the segments still present after augmentation (``id``, ``label_id``, ``iscrowd``);
@@ -22,7 +23,8 @@ Inside the v2 pipeline the label map is a ``tv_tensors.Mask`` of compact indices
 it with v2's default fill 0, which maps back to the ignore label (semantic) or void (panoptic);
 images are padded with 0. Any v2 pipeline that leaves the mask fill at its default works.
 
-Recipes: :func:`ade20k_train_transforms` (the paper's ADE20K recipe) and
+Recipes: :func:`ade20k_train_transforms` (the paper's recipe for ADE20K and the other semantic
+sets: scale jitter, crop, flip, colour) and
 :func:`coco_panoptic_train_transforms` (DETR's COCO recipe).
 """
 
@@ -64,22 +66,34 @@ class RandomSizeCrop(v2.Transform):
 
 
 def ade20k_train_transforms(
-    crop_size: int = 512,
+    crop_size: int | Sequence[int] = 512,
     scale_range: tuple[float, float] = (0.5, 2.0),
     flip_prob: float = 0.5,
     color_jitter: bool = True,
+    scale_base: int | None = None,
 ) -> v2.Compose:
-    """The paper's ADE20K recipe: short side resized to ``crop_size × s``, s from ``scale_range`` in
-    steps of 0.1 (256..1024 for 512, long side ≤ 4 × crop), random ``crop_size``² crop (padded
-    when smaller), horizontal flip, colour jitter (torchvision's ColorJitter standing in for the
-    SSD-style photometric distortion: brightness, contrast, saturation, hue)."""
+    """The paper's semantic recipe (detectron2's): short side resized to ``scale_base × s``, s from
+    ``scale_range`` in steps of 0.1, long side ≤ 4 × ``scale_base``; a random crop of ``crop_size``
+    (an int for a square, or ``(height, width)``; padded when the image is smaller), horizontal
+    flip, colour jitter (torchvision's ColorJitter standing in for the SSD-style photometric
+    distortion: brightness, contrast, saturation, hue).
+
+    ``scale_base`` defaults to the crop's longer side, the convention of the paper's configs:
+    ADE20K 512 -> short sides 256..1024; Cityscapes crop (512, 1024) -> 512..2048, long side ≤ 4096.
+    Mapillary Vistas crops 1280 but jitters around 2048 (1024..4096, long side ≤ 8192)."""
     low, high = scale_range
     if not 0 < low <= high:
         raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
-    short_sides = sorted({max(1, round(crop_size * s)) for s in np.arange(low, high + 1e-6, 0.1)})
+    crop = [int(crop_size)] * 2 if isinstance(crop_size, (int, np.integer)) else [int(side) for side in crop_size]
+    if len(crop) != 2 or min(crop) < 1:
+        raise ValueError(f"crop_size must be a positive int or (height, width), got {crop_size!r}")
+    base = max(crop) if scale_base is None else scale_base
+    if base < 1:
+        raise ValueError(f"scale_base must be >= 1, got {scale_base}")
+    short_sides = sorted({max(1, round(base * s)) for s in np.arange(low, high + 1e-6, 0.1)})
     steps: list[Any] = [
-        v2.RandomShortestSize(short_sides, max_size=4 * crop_size),
-        v2.RandomCrop(crop_size, pad_if_needed=True),
+        v2.RandomShortestSize(short_sides, max_size=4 * base),
+        v2.RandomCrop(crop, pad_if_needed=True),
         v2.RandomHorizontalFlip(flip_prob),
     ]
     if color_jitter:
@@ -194,6 +208,10 @@ class SegmentationTransform:
         ignore = self.metadata.ignore_index
         if self.metadata.reduce_labels:
             label_map = torch.where(label_map == 0, torch.full_like(label_map, ignore), label_map - 1)
+        if self.metadata.label_values is not None:  # stored value -> label id, any other value -> ignore
+            values, labels = torch.sort(torch.tensor(self.metadata.label_values, dtype=torch.long))  # (K,), (K,)
+            position = torch.searchsorted(values, label_map).clamp(max=len(values) - 1)  # (H, W)
+            label_map = torch.where(values[position] == label_map, labels[position], torch.full_like(label_map, ignore))
         bad = (label_map != ignore) & ((label_map < 0) | (label_map >= self.metadata.num_labels))
         if bad.any():
             raise ValueError(f"image {image_id}: label value {int(label_map[bad][0])} is neither a class in "
