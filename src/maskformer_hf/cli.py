@@ -120,13 +120,14 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     _, dataset, metadata = load_splits(config)
     model, processor = load_segmenter(args.model, args.device)
     metrics = _summary(evaluate_segmentation(model, processor, dataset, metadata, batch_size=args.batch_size,
-                                             threshold=args.threshold, tta=args.tta, slide=slide))
+                                             threshold=args.threshold, tta=args.tta, slide=slide,
+                                             mask_ap=True if args.mask_ap else None))
     report = {"model": args.model, "dataset": args.dataset, "split": args.split, "images": len(dataset),
               "tta": args.tta, "slide": list(slide) if slide else None, **metrics}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=1))
-    headline = {k: report[k] for k in ("mean_iou", "pq", "sq", "rq") if k in report}
+    headline = {k: report[k] for k in ("mean_iou", "pq", "sq", "rq", "map", "map_50", "map_75") if k in report}
     print(json.dumps(headline))
     return report
 
@@ -247,6 +248,8 @@ def evaluate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=0.8, help="panoptic: minimum class probability")
     parser.add_argument("--tta", action="store_true", help="semantic: multi-scale + flip")
     parser.add_argument("--slide", type=int, nargs=2, metavar=("CROP", "STRIDE"), default=None, help=SLIDE_HELP)
+    parser.add_argument("--mask_ap", action="store_true",
+                        help="also COCO mask AP of the thing classes on panoptic data (always on for coco-instances)")
     parser.add_argument("--image_column", default="image", help="parquet datasets: the image column")
     parser.add_argument("--annotation_column", default="annotation", help="parquet datasets: the label-map column")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")

@@ -382,10 +382,13 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate_and_log(accelerator, model, processor, dataset, metadata, config, step, log: _RunLog) -> dict[str, Any]:
+    from accelerate.utils import gather_object
+
     metrics = evaluate_segmentation(
         accelerator.unwrap_model(model), processor, dataset, metadata, batch_size=config.per_device_batch_size,
         tta=config.tta, rank=accelerator.process_index, num_processes=accelerator.num_processes,
         reduce_sum=lambda t: accelerator.reduce(t, reduction="sum"), progress=accelerator.is_local_main_process,
+        gather_object=lambda obj: gather_object([obj]),
     )
     scalars = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))
                and not (isinstance(v, float) and math.isnan(v))}

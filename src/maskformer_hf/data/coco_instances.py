@@ -177,6 +177,8 @@ def load_coco_instances(
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for annotation in annotations:
         by_image[annotation.get("image_id")].append(annotation)
+    count = len(annotations)
+    del content, annotations  # from here on each image's parsed annotations are freed once stored as JSON text
     known = {image.get("id") for image in images}
     orphans = [a.get("id") for key, group in by_image.items() if key not in known for a in group]
     if orphans:
@@ -193,9 +195,10 @@ def load_coco_instances(
                              "'width'") from None
         if file_name not in listing and not (images_dir / file_name).is_file():
             missing.append(file_name)
+            by_image.pop(image["id"], None)
             continue
         objects, segments = [], []
-        for rank, annotation in enumerate(sorted(by_image.get(image["id"], []), key=lambda a: a.get("id", 0)), 1):
+        for rank, annotation in enumerate(sorted(by_image.pop(image["id"], []), key=lambda a: a.get("id", 0)), 1):
             where = f"{annotation_file}: annotation {annotation.get('id')} (image {image['id']})"
             if annotation.get("category_id") not in label_of:
                 raise ValueError(f"{where}: category_id {annotation.get('category_id')} is not in 'categories'")
@@ -226,7 +229,7 @@ def load_coco_instances(
     info.features = datasets.Features({**info.features, INSTANCES_COLUMN: datasets.Value("string")})
     dataset = datasets.Dataset.from_dict(columns, features=info.features, info=info, split=split)
     dataset.set_transform(RasterizeInstances())
-    logger.info("%s: %d images, %d annotations", annotation_file, len(dataset), len(annotations))
+    logger.info("%s: %d images, %d annotations", annotation_file, len(dataset), count)
     return dataset
 
 
