@@ -78,7 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--objects", type=int, default=7, help="polygons per image")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/coco_instances.json"))
     args = parser.parse_args()
+    report = {"images": args.images, "objects": args.objects}
     with tempfile.TemporaryDirectory() as folder:
         path = write_json(Path(folder), args.images, args.objects)
         print(f"{args.images} images, {args.images * args.objects} polygons, {path.stat().st_size / 1e6:.0f} MB of JSON; "
@@ -88,10 +90,13 @@ def main() -> None:
                                   str(Path(__file__).resolve().parent)],
                                  check=True, capture_output=True, text=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
+            report[which] = result
             line = f"{which:12s} load {result['load_s']:7.1f} s   peak RSS growth {result['peak_mb']:7.0f} MiB"
             if result["example_s"] is not None:
                 line += f"   one example (rasterised) {result['example_s'] * 1000:.1f} ms"
             print(line)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from .schema import SegmentationMetadata, dataset_info
 logger = logging.getLogger(__name__)
 
 INSTANCES_COLUMN = "instances"
+CHUNK = 10_000  # images converted to Arrow at a time
 
 
 def coco_instances_metadata(categories: Sequence[Mapping[str, Any]]) -> SegmentationMetadata:
@@ -183,8 +184,11 @@ def load_coco_instances(
     orphans = [a.get("id") for key, group in by_image.items() if key not in known for a in group]
     if orphans:
         raise ValueError(f"{annotation_file}: annotations {orphans[:5]} refer to image ids not in 'images'")
-    columns: dict[str, list[Any]] = {"image_id": [], "image": [], "annotation": [], "segments_info": [],
-                                     INSTANCES_COLUMN: []}
+    info = dataset_info(metadata)
+    info.features = datasets.Features({**info.features, INSTANCES_COLUMN: datasets.Value("string")})
+    empty = lambda: {name: [] for name in info.features}  # noqa: E731
+    columns: dict[str, list[Any]] = empty()
+    parts, kept = [], 0  # Arrow tables of CHUNK images each: the Python lists never hold the whole file
     listing = set(os.listdir(images_dir))
     missing = []
     for image in images:
@@ -216,8 +220,14 @@ def load_coco_instances(
         columns["segments_info"].append(segments)
         columns[INSTANCES_COLUMN].append(json.dumps({"height": height, "width": width, "objects": objects},
                                                     separators=(",", ":")))
+        if len(columns["image"]) == CHUNK:
+            parts.append(datasets.Dataset.from_dict(columns, features=info.features))
+            kept, columns = kept + CHUNK, empty()
+    if columns["image"] or not parts:
+        kept += len(columns["image"])
+        parts.append(datasets.Dataset.from_dict(columns, features=info.features))
     if missing:
-        if not columns["image"]:
+        if not kept:
             raise ValueError(f"{annotation_file}: none of its {len(images)} images is in {images_dir}, "
                              f"e.g. {missing[0]}")
         logger.warning("%s: skipping %d of %d images whose files are missing from %s, e.g. %s", annotation_file,
@@ -225,9 +235,7 @@ def load_coco_instances(
     if split is None:
         stem = annotation_file.stem.removeprefix("instances_").rstrip("0123456789")
         split = SPLIT_ALIASES.get(stem, stem) if stem in ("train", "val", "test", "validation") else "train"
-    info = dataset_info(metadata)
-    info.features = datasets.Features({**info.features, INSTANCES_COLUMN: datasets.Value("string")})
-    dataset = datasets.Dataset.from_dict(columns, features=info.features, info=info, split=split)
+    dataset = datasets.concatenate_datasets(parts, info=info, split=split)
     dataset.set_transform(RasterizeInstances())
     logger.info("%s: %d images, %d annotations", annotation_file, len(dataset), count)
     return dataset
