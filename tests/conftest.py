@@ -195,3 +195,66 @@ def trained_checkpoint(tmp_path_factory):
     model.eval().save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# --- a COCO instance file (tests/test_coco_instances.py, tests/test_evaluation_mask_ap.py) ----------
+def _rectangle(x0, y0, x1, y1):
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+@pytest.fixture
+def coco_instances_root(tmp_path):
+    """The COCO instance layout: annotations/instances_val2017.json + val2017/*.jpg, with every kind of segmentation."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "val2017").mkdir()
+    sizes = {1: (40, 60), 2: (32, 32), 3: (24, 30), 4: (20, 20)}  # id -> (height, width); image 4's file is missing
+    for image_id, (h, w) in sizes.items():
+        if image_id != 4:
+            Image.new("RGB", (w, h), (image_id * 40, 0, 0)).save(tmp_path / "val2017" / f"{image_id:012d}.jpg")
+    crowd = np.zeros((40, 60), dtype=np.uint8, order="F")
+    crowd[25:38, 2:30] = 1
+    uncompressed = {"size": [40, 60], "counts": []}  # COCO's crowd format: uncompressed RLE, column-major runs
+    flat, value, run = crowd.flatten(order="F"), 0, 0
+    for pixel in flat:
+        if pixel != value:
+            uncompressed["counts"].append(run)
+            value, run = pixel, 0
+        run += 1
+    uncompressed["counts"].append(run)
+    blob = np.zeros((32, 32), dtype=np.uint8, order="F")
+    blob[4:20, 6:28] = 1
+    compressed = mask_utils.encode(blob)
+    compressed["counts"] = compressed["counts"].decode()
+    annotations = [
+        # image 1: a big box with a small one inside (overlap), a third box elsewhere, one crowd region
+        {"id": 10, "image_id": 1, "category_id": 18, "segmentation": _rectangle(5, 5, 50, 30), "area": 1125.0,
+         "iscrowd": 0},
+        {"id": 11, "image_id": 1, "category_id": 1, "segmentation": _rectangle(20, 10, 30, 20), "area": 100.0,
+         "iscrowd": 0},
+        {"id": 12, "image_id": 1, "category_id": 1, "segmentation": _rectangle(40, 32, 58, 39), "area": 126.0,
+         "iscrowd": 0},
+        {"id": 13, "image_id": 1, "category_id": 1, "segmentation": uncompressed, "area": float(crowd.sum()),
+         "iscrowd": 1},
+        # image 2: a compressed RLE and a two-polygon instance
+        {"id": 20, "image_id": 2, "category_id": 44, "segmentation": compressed, "area": float(blob.sum()),
+         "iscrowd": 0},
+        {"id": 21, "image_id": 2, "category_id": 18,
+         "segmentation": _rectangle(1, 22, 8, 30) + _rectangle(20, 24, 30, 30), "area": 116.0, "iscrowd": 0},
+        {"id": 40, "image_id": 4, "category_id": 1, "segmentation": _rectangle(1, 1, 5, 5), "area": 16.0,
+         "iscrowd": 0},
+    ]  # image 3 has no annotation
+    content = {
+        "images": [{"id": i, "file_name": f"{i:012d}.jpg", "height": h, "width": w} for i, (h, w) in sizes.items()],
+        "categories": [{"id": 44, "name": "bottle", "supercategory": "kitchen"},
+                       {"id": 1, "name": "person", "supercategory": "person"},
+                       {"id": 18, "name": "dog", "supercategory": "animal"}],
+        "annotations": annotations,
+    }
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(content))
+    return tmp_path

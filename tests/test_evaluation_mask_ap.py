@@ -12,7 +12,6 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from test_coco_instances import coco_root  # noqa: F401 -- the fixture
 
 from maskformer_hf import MaskFormerImageProcessor
 from maskformer_hf.data import get_metadata, load_coco_instances
@@ -78,9 +77,9 @@ def _pycocotools_stats(json_path, dataset, metadata, model, processor):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_mask_ap_of_coco_instance_data_is_pycocotools_on_the_original_json(coco_root, seed):  # noqa: F811
-    json_path = coco_root / "annotations" / "instances_val2017.json"
-    dataset = load_coco_instances(json_path, coco_root / "val2017")
+def test_mask_ap_of_coco_instance_data_is_pycocotools_on_the_original_json(coco_instances_root, seed):
+    json_path = coco_instances_root / "annotations" / "instances_val2017.json"
+    dataset = load_coco_instances(json_path, coco_instances_root / "val2017")
     metadata = get_metadata(dataset)
     originals = dataset.with_format(None, columns=["instances"])
     model = ScriptedModel([read_instances(originals, i) for i in range(len(dataset))], metadata.num_labels, seed=seed)
@@ -96,7 +95,7 @@ def test_mask_ap_of_coco_instance_data_is_pycocotools_on_the_original_json(coco_
     assert "pq" in metrics and "mean_iou" in metrics  # the panoptic metrics as well
 
 
-def test_mask_ap_on_panoptic_data_on_request_and_refused_on_semantic_data(coco_root, tmp_path):  # noqa: F811
+def test_mask_ap_on_panoptic_data_on_request_and_refused_on_semantic_data(coco_instances_root, tmp_path):
     from maskformer_hf.data import load_semantic_folder
     from maskformer_hf.training import TrainConfig, load_splits
 
@@ -139,21 +138,21 @@ def test_mask_ap_on_panoptic_data_on_request_and_refused_on_semantic_data(coco_r
         evaluate_segmentation(model, processor, semantic, get_metadata(semantic), mask_ap=True, progress=False)
 
 
-def test_evaluate_command_reports_mask_ap_on_coco_instances(coco_root, tmp_path, capsys):  # noqa: F811
+def test_evaluate_command_reports_mask_ap_on_coco_instances(coco_instances_root, tmp_path, capsys):
     from conftest import tiny_config
 
     from maskformer_hf import MaskFormerForUniversalSegmentation
     from maskformer_hf.cli import main
 
-    (coco_root / "annotations" / "instances_train2017.json").write_text(
-        (coco_root / "annotations" / "instances_val2017.json").read_text())
-    (coco_root / "train2017").symlink_to(coco_root / "val2017")
+    (coco_instances_root / "annotations" / "instances_train2017.json").write_text(
+        (coco_instances_root / "annotations" / "instances_val2017.json").read_text())
+    (coco_instances_root / "train2017").symlink_to(coco_instances_root / "val2017")
     torch.manual_seed(0)
     model = MaskFormerForUniversalSegmentation(tiny_config(num_labels=3, id2label={0: "person", 1: "dog", 2: "bottle"}))
     model.save_pretrained(tmp_path / "model")
     MaskFormerImageProcessor(size={"shortest_edge": 32}).save_pretrained(tmp_path / "model")
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--dataset", "coco-instances", "--data_dir",
-                 str(coco_root), "--output", str(tmp_path / "evaluation.json"), "--device", "cpu"]) == 0
+                 str(coco_instances_root), "--output", str(tmp_path / "evaluation.json"), "--device", "cpu"]) == 0
     headline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert {"map", "map_50", "map_75"} <= set(headline) and report["images"] == 3
