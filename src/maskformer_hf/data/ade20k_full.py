@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 
 from .ade20k_full_classes import ADE20K_FULL_CLASSES
-from .folder import _select, check_split, list_files, pair_by_key, require_dir, semantic_split
+from .folder import _select, check_split, paired_semantic_splits, require_dir
 from .schema import SegmentationMetadata
 
 logger = logging.getLogger(__name__)
@@ -51,18 +51,7 @@ def load_ade20k_full(root: str | Path, split: str | None = None) -> datasets.Dat
     label_root = require_dir(root / "annotations_detectron2", "the ADE20K-Full 16-bit TIFF annotations "
                              "(annotations_detectron2/{training,validation}/)")
     metadata = ade20k_full_metadata()
-    splits = {}
-    for folder, name in SPLITS.items():
-        if split is not None and name != split:
-            continue
-        if not (label_root / folder).is_dir():
-            logger.info("skipping %s: no %s", folder, label_root / folder)
-            continue
-        image_dir = require_dir(image_root / folder, f"the images of {label_root / folder}")
-        ids, images, labels = pair_by_key(list_files(image_dir, ".jpg"), list_files(label_root / folder, ".tif"),
-                                          image_dir, label_root / folder)
-        splits[name] = semantic_split(ids, images, labels, metadata, name)
-        logger.info("%s/%s: %d images", root, folder, len(ids))
+    splits = paired_semantic_splits(SPLITS, image_root, label_root, metadata, split, ".jpg", ".tif")
     if not splits:
         raise ValueError(f"no {' or '.join(f for f, n in SPLITS.items() if split in (None, n))} folder under "
                          f"{label_root}")

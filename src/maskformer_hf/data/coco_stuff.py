@@ -26,7 +26,7 @@ from pathlib import Path
 
 import datasets
 
-from .folder import _select, check_split, list_files, pair_by_key, require_dir, semantic_split
+from .folder import _select, check_split, paired_semantic_splits, require_dir
 from .schema import SegmentationMetadata
 
 logger = logging.getLogger(__name__)
@@ -106,18 +106,7 @@ def load_coco_stuff(root: str | Path, split: str | None = None) -> datasets.Data
                          "(COCO-Stuff-10K)")
     check_split(split, list(layout.values()))
     metadata = coco_stuff_metadata(stored_as_category_ids=layout is LAYOUT_164K)
-    splits = {}
-    for folder, name in layout.items():
-        if split is not None and name != split:
-            continue
-        if not (label_root / folder).is_dir():
-            logger.info("skipping %s: no %s", folder, label_root / folder)
-            continue
-        image_dir = require_dir(image_root / folder, f"the images of {label_root / folder}")
-        ids, images, labels = pair_by_key(list_files(image_dir, ".jpg"), list_files(label_root / folder, ".png"),
-                                          image_dir, label_root / folder)
-        splits[name] = semantic_split(ids, images, labels, metadata, name)
-        logger.info("%s/%s: %d images", label_root, folder, len(ids))
+    splits = paired_semantic_splits(layout, image_root, label_root, metadata, split, ".jpg", ".png")
     if not splits:
         raise ValueError(f"no annotation folder {', '.join(layout)} under {label_root}"
                          + (f" for split {split!r}" if split else ""))

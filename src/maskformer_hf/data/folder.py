@@ -163,6 +163,27 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def paired_semantic_splits(folders: Mapping[str, str], image_root: Path, label_root: Path,
+                           metadata: SegmentationMetadata, split: str | None, image_suffix: str,
+                           label_suffix: str) -> dict[str, datasets.Dataset]:
+    """``{split name: Dataset}`` of the folder pairs ``image_root/F`` + ``label_root/F`` for each
+    ``F -> split name`` of `folders` (only `split` when given), files paired by stem; a folder without
+    annotations is skipped (logged), one without its images or an unpaired file raises ``ValueError``."""
+    splits = {}
+    for folder, name in folders.items():
+        if split is not None and name != split:
+            continue
+        if not (label_root / folder).is_dir():
+            logger.info("skipping %s: no %s", folder, label_root / folder)
+            continue
+        image_dir = require_dir(image_root / folder, f"the images of {label_root / folder}")
+        ids, images, labels = pair_by_key(list_files(image_dir, image_suffix),
+                                          list_files(label_root / folder, label_suffix), image_dir, label_root / folder)
+        splits[name] = semantic_split(ids, images, labels, metadata, name)
+        logger.info("%s/%s: %d images", label_root, folder, len(ids))
+    return splits
+
+
 def _select(dataset_dict: datasets.DatasetDict, split: str | None) -> datasets.Dataset | datasets.DatasetDict:
     if split is None:
         return dataset_dict
