@@ -233,6 +233,21 @@ def with_budget(tokens: list[str]) -> list[str]:
     return tokens
 
 
+def command_key(tokens: list[str]) -> tuple:
+    """What a command does once budgeted: its words before the first flag and, per flag, the values
+    of its last occurrence (argparse keeps the last)."""
+    full = with_budget(tokens)
+    start = next((i for i, token in enumerate(full) if token.startswith("--")), len(full))
+    flags: dict[str, list[str]] = {}
+    for token in full[start:]:
+        if token.startswith("--"):
+            flag = token
+            flags[flag] = []
+        else:
+            flags[flag].append(token)
+    return tuple(full[:start]), tuple(sorted((flag, tuple(values)) for flag, values in flags.items()))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -331,11 +346,11 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_s
             exec(compile(code, page, "exec"), namespace)
             ran += 1
         elif language == "bash":
-            budgeted: set[tuple[str, ...]] = set()  # a block's commands that are one command once budgeted
+            budgeted: set[tuple] = set()  # a block's commands that are one command once budgeted
             for tokens in shell_commands(code):
-                if " ".join(tokens) in NOT_RUN or tuple(with_budget(tokens)) in budgeted:
+                if " ".join(tokens) in NOT_RUN or command_key(tokens) in budgeted:
                     continue
-                budgeted.add(tuple(with_budget(tokens)))
+                budgeted.add(command_key(tokens))
                 run_command(tokens, workspace, in_process=page not in OWN_PROCESS)
                 ran += 1
     assert ran > 0
