@@ -157,3 +157,38 @@ def test_evaluate_command_reports_mask_ap_on_coco_instances(coco_instances_root,
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert {"map", "map_50", "map_75"} <= set(headline) and report["images"] == 3
     assert {"map_small", "map_medium", "map_large", "mar_100", "per_category_ap"} <= set(report)
+
+
+def test_trainers_compute_metrics_scores_mask_ap_on_the_label_masks():
+    from types import SimpleNamespace
+
+    from maskformer_hf.trainer import SegmentationMetrics
+
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.zeros(2, 3, 40, 48)  # two images, three label masks each (padded to 40 x 48)
+    masks[0, 0, 2:20, 3:30], masks[0, 1, 22:38, 5:15], masks[0, 2, 25:35, 20:44] = 1, 1, 1
+    masks[1, 0, 0:10, 0:10], masks[1, 1, 12:30, 12:40], masks[1, 2, 31:33, 1:4] = 1, 1, 1
+    classes = torch.tensor([[0, 1, 2], [1, 1, 0]])
+    pixel_mask = torch.zeros(2, 40, 48, dtype=torch.long)
+    pixel_mask[0], pixel_mask[1, :36, :44] = 1, 1  # the second image is padded
+    queries = 5
+    mask_logits = torch.full((2, queries, 40, 48), -8.0)
+    class_logits = torch.full((2, queries, 4), -6.0)
+    class_logits[..., -1] = 3.0
+    mask_logits[:, :3] = torch.where(masks > 0, 8.0, -8.0)
+    class_logits[torch.arange(2)[:, None], torch.arange(3)[None], classes] = 6.0 + torch.rand(2, 3, generator=generator)
+
+    def score(class_logits, mask_logits):
+        metrics = SegmentationMetrics(3, 255, thing_ids=(0, 1, 2), mask_ap=True)
+        prediction = SimpleNamespace(predictions=(class_logits, mask_logits, pixel_mask),
+                                     label_ids=(list(masks), list(classes)))
+        return metrics(prediction, compute_result=True)
+
+    perfect = score(class_logits, mask_logits)
+    assert perfect["map"] == pytest.approx(1.0) and perfect["map_50"] == pytest.approx(1.0)
+    shifted = mask_logits.clone()
+    shifted[1, 1] = torch.roll(shifted[1, 1], 9, dims=1)  # one mask off by 9 columns: IoU about 0.5
+    worse = score(class_logits, shifted)
+    assert 0.5 < worse["map"] < 1.0 and "mean_iou" in worse and "pq" in worse
+    with pytest.raises(ValueError, match="needs thing_ids"):
+        SegmentationMetrics(3, 255, thing_ids=None, mask_ap=True)

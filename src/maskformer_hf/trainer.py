@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 from transformers import Trainer, TrainerCallback
 
-from .inference import panoptic_inference, semantic_inference
-from .metrics import MeanIoU, PanopticQuality
+from .inference import instance_inference, panoptic_inference, semantic_inference
+from .metrics import MaskAP, MeanIoU, PanopticQuality
+from .metrics.mask_ap import instances_from_post_processing
 from .training import (NONFINITE_LOSS_MODES, AugmentedDataset, TrainConfig, build_model_and_processor, copy_buffers,
                        create_optimizer_and_scheduler, load_splits, nonfinite_outcome, restore_buffers,
                        train_transforms)
@@ -50,16 +51,22 @@ class SegmentationMetrics:
 
     Predictions are ``(class_queries_logits, masks_queries_logits, pixel_mask?)``, labels are
     ``(mask_labels, class_labels)`` as the collator built them (padding belongs to no mask, so it is
-    ignored).
+    ignored). With ``mask_ap``, also COCO's mask AP of the thing classes (``map``, ``map_50``, ...):
+    the top (query, class) pairs with their full masks against the label masks, at the processed
+    resolution (``maskformer-hf evaluate`` scores the original images and masks instead).
     """
 
     def __init__(self, num_labels: int, ignore_index: int = 255, thing_ids: tuple[int, ...] | None = None,
-                 threshold: float = 0.8, overlap_mask_area_threshold: float = 0.8) -> None:
+                 threshold: float = 0.8, overlap_mask_area_threshold: float = 0.8, mask_ap: bool = False) -> None:
         self.num_labels, self.ignore_index = num_labels, ignore_index
         self.threshold, self.overlap = threshold, overlap_mask_area_threshold
         self.stuff = [i for i in range(num_labels) if i not in set(thing_ids or ())]
+        self.things = set(thing_ids or ())
         self.miou = MeanIoU(num_labels, ignore_index=ignore_index)
         self.pq = PanopticQuality(num_labels, thing_ids) if thing_ids is not None else None
+        if mask_ap and not thing_ids:
+            raise ValueError("SegmentationMetrics(mask_ap=True) needs thing_ids: mask AP scores thing classes")
+        self.ap = MaskAP(num_labels) if mask_ap else None
 
     def __call__(self, eval_prediction: Any, compute_result: bool = True) -> dict[str, Any]:
         predictions = eval_prediction.predictions
@@ -81,6 +88,16 @@ class SegmentationMetrics:
                                            label_ids_to_fuse=self.stuff)
             self.pq.update([p["segmentation"].cpu() for p in predicted], [p["segments_info"] for p in predicted],
                            [t[1] for t in truths], [t[2] for t in truths])
+        if self.ap is not None:
+            found = instance_inference(class_logits, mask_logits, pixel_mask, target_sizes=sizes, threshold=0.0,
+                                       overlap_mask_area_threshold=0.0, return_binary_maps=True)
+            references = []
+            for masks, classes in zip(mask_labels, class_labels):
+                height, width = sizes[len(references)]
+                thing = torch.tensor([int(c) in self.things for c in classes.tolist()], dtype=torch.bool)
+                references.append({"masks": masks[:, :height, :width].cpu()[thing] > 0.5,
+                                   "labels": classes.cpu()[thing]})
+            self.ap.update([instances_from_post_processing(r) for r in found], references)
         if not compute_result:
             return {}
         results = {k: v for k, v in self.miou.compute().items() if isinstance(v, float)}
@@ -88,6 +105,9 @@ class SegmentationMetrics:
         if self.pq is not None:
             results.update({k: v for k, v in self.pq.compute().items() if isinstance(v, float)})
             self.pq.reset()
+        if self.ap is not None:
+            results.update({k: v for k, v in self.ap.compute().items() if isinstance(v, float)})
+            self.ap.reset()
         return results
 
 
@@ -213,7 +233,8 @@ def train_with_trainer(config: TrainConfig, datasets: tuple | None = None,
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
         data_collator=MaskFormerCollator(processor, metadata.ignore_index, return_image_ids=True),
         compute_metrics=SegmentationMetrics(len(metadata.id2label), metadata.ignore_index,
-                                            metadata.thing_ids if metadata.task == "panoptic" else None),
+                                            metadata.thing_ids if metadata.task == "panoptic" else None,
+                                            mask_ap=metadata.extra.get("instances") is not None),
         optimizers=(optimizer, scheduler), nonfinite_loss=config.nonfinite_loss,
     )
     trainer.train(resume_from_checkpoint=config.resume_from)
