@@ -225,3 +225,33 @@ def test_segment_slide_writes_full_size_results(trained_checkpoint, tmp_path, ca
     capsys.readouterr()
     assert cli_main([*flags, "--slide", "64", "128"]) == 2
     assert "--slide" in capsys.readouterr().err
+
+
+def test_several_tasks_with_their_own_thresholds_share_one_window_pass():
+    """`threshold` / `overlap_mask_area_threshold` per task (what evaluate does for PQ and mask AP at
+    once): the results of one pass are those of each task alone."""
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config(num_labels=4)).eval()
+    pixels, mask = torch.randn(2, 3, 150, 170), torch.ones(2, 150, 170, dtype=torch.long)
+    mask[1, 120:] = 0
+    calls = []
+    forward = model.forward
+    model.forward = lambda **kw: calls.append(1) or forward(**kw)
+    both = sliding_window_inference(model, pixels, mask, crop=64, stride=40, task=("semantic", "panoptic", "instance"),
+                                    threshold={"panoptic": 0.2, "instance": 0.0},
+                                    overlap_mask_area_threshold={"panoptic": 0.8, "instance": 0.0})
+    one_pass, calls[:] = len(calls), []
+    alone = {"semantic": sliding_window_inference(model, pixels, mask, crop=64, stride=40),
+             "panoptic": sliding_window_inference(model, pixels, mask, crop=64, stride=40, task="panoptic",
+                                                  threshold=0.2),
+             "instance": sliding_window_inference(model, pixels, mask, crop=64, stride=40, task="instance",
+                                                  threshold=0.0, overlap_mask_area_threshold=0.0)}
+    assert len(calls) == 3 * one_pass
+    for i in range(2):
+        assert torch.equal(both["semantic"][i], alone["semantic"][i])
+        for task in ("panoptic", "instance"):
+            assert torch.equal(both[task][i]["segmentation"], alone[task][i]["segmentation"])
+            assert both[task][i]["segments_info"] == alone[task][i]["segments_info"]
+    assert len(alone["instance"][0]["segments_info"]) > len(alone["panoptic"][0]["segments_info"]) > 0
+    with pytest.raises(ValueError, match="mapping"):
+        sliding_window_inference(model, pixels, mask, crop=64, stride=40, task="panoptic", threshold={"semantc": 0.5})

@@ -132,11 +132,12 @@ def evaluate_segmentation(
         sizes = [tuple(image.shape[-2:]) for image in images]
         inputs = image_processor(images=images, return_tensors="pt").to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            if slide is not None:
+            if slide is not None:  # one window pass for every map (mask AP: no threshold, no overlap rule)
+                tasks = ("semantic",) + (("panoptic",) if pq is not None else ()) + (("instance",) if ap is not None else ())
                 slid = sliding_window_inference(
                     model, inputs["pixel_values"], inputs["pixel_mask"], crop=slide[0], stride=slide[1],
-                    task=("semantic", "panoptic") if pq is not None else ("semantic",), target_sizes=sizes,
-                    threshold=threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
+                    task=tasks, target_sizes=sizes, threshold={"panoptic": threshold, "instance": 0.0},
+                    overlap_mask_area_threshold={"panoptic": overlap_mask_area_threshold, "instance": 0.0},
                     label_ids_to_fuse=stuff, batch_size=batch_size)
                 maps = slid["semantic"]
             elif tta:
@@ -159,11 +160,7 @@ def evaluate_segmentation(
                       [t["segments"] for t in truths], [t["segments_info"] for t in truths])
         if ap is not None:
             if slide is not None:
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    found = sliding_window_inference(
-                        model, inputs["pixel_values"], inputs["pixel_mask"], crop=slide[0], stride=slide[1],
-                        task="instance", target_sizes=sizes, threshold=0.0, overlap_mask_area_threshold=0.0,
-                        batch_size=batch_size)
+                found = slid["instance"]
             else:
                 found = image_processor.post_process_instance_segmentation(
                     outputs, threshold=0.0, overlap_mask_area_threshold=0.0, target_sizes=sizes,

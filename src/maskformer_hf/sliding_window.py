@@ -44,7 +44,7 @@ Nothing of size `K x H x W` (or `Q x H x W`) exists; see docs/inference.md for m
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,10 +155,10 @@ def _window_results(class_logits: Tensor, mask_logits: Tensor, crop: tuple[int, 
         out["semantic"] = scores.view(n, m, -1).permute(2, 0, 1).contiguous()
     if "panoptic" in tasks:
         scores, labels = class_logits.softmax(-1).max(-1)  # (Q,)
-        kept = torch.nonzero((labels != num_labels) & (scores > settings["threshold"]))[:, 0]  # query order
+        kept = torch.nonzero((labels != num_labels) & (scores > settings["panoptic"]["threshold"]))[:, 0]  # query order
         out["panoptic"] = (mask_logits[kept].sigmoid(), scores[kept], labels[kept])
     if "instance" in tasks:
-        threshold, mask_threshold = settings["threshold"], settings["mask_threshold"]
+        threshold, mask_threshold = settings["instance"]["threshold"], settings["instance"]["mask_threshold"]
         class_probs = class_logits.softmax(-1)[:, :-1].flatten()  # (Q*K,)
         top_scores, top_index = class_probs.topk(min(class_logits.shape[0], class_probs.numel()))
         width = int((top_scores >= threshold).sum())
@@ -215,7 +215,7 @@ class _Stream:
                 total = v if total is None else total.add_(v)
             self.semantic[r0:r1, c0:c1] = total.argmax(0)
         for task in self.winner:
-            strict, threshold = task == "instance", settings["mask_threshold"]
+            strict, threshold = task == "instance", settings[task]["mask_threshold"]
             best = torch.full((r1 - r0, c1 - c0), -math.inf, device=self.winner[task].device)
             winner = torch.full_like(best, -1, dtype=torch.int64)
             for results, plan in windows:
@@ -247,24 +247,25 @@ class _Stream:
         areas, own = torch.cat(self.areas[task]), torch.cat(self.own[task])
         weights = torch.cat([w for w, _ in self.candidates[task]]).tolist()
         labels = torch.cat([c for _, c in self.candidates[task]]).tolist()
-        keep = (own > 0) & (areas / own.clamp(min=1) >= settings["overlap_mask_area_threshold"])
+        keep = (own > 0) & (areas / own.clamp(min=1) >= settings[task]["overlap_mask_area_threshold"])
         if task == "panoptic":
             keep &= areas > 0
         lut = [0 if task == "panoptic" else -1] * self.count[task]  # candidate -> segment id
         segments: list[dict[str, Any]] = []
         if task == "panoptic":
             stuff: dict[int, dict[str, Any]] = {}
+            fuse = settings[task]["label_ids_to_fuse"]
             for k in torch.nonzero(keep)[:, 0].tolist():
                 label, score = labels[k], round(weights[k], 6)
                 if label in stuff:
                     stuff[label]["score"] = max(stuff[label]["score"], score)
                     lut[k] = stuff[label]["id"]
                     continue
-                segment = {"id": len(segments) + 1, "label_id": label, "was_fused": label in settings["fuse"],
+                segment = {"id": len(segments) + 1, "label_id": label, "was_fused": label in fuse,
                            "score": score}
                 segments.append(segment)
                 lut[k] = segment["id"]
-                if label in settings["fuse"]:
+                if label in fuse:
                     stuff[label] = segment
         else:
             alive = torch.nonzero(keep)[:, 0]
@@ -287,8 +288,9 @@ class _Stream:
 def sliding_window_inference(model: Any, pixel_values: Tensor, pixel_mask: Tensor | None = None, *,
                              crop: int | Sequence[int], stride: int | Sequence[int],
                              task: str | Sequence[str] = "semantic",
-                             target_sizes: Sequence[Sequence[int]] | Tensor | None = None, threshold: float = 0.5,
-                             mask_threshold: float = 0.5, overlap_mask_area_threshold: float = 0.8,
+                             target_sizes: Sequence[Sequence[int]] | Tensor | None = None,
+                             threshold: float | Mapping[str, float] = 0.5, mask_threshold: float = 0.5,
+                             overlap_mask_area_threshold: float | Mapping[str, float] = 0.8,
                              label_ids_to_fuse: Iterable[int] | None = None, batch_size: int = 4,
                              size_divisor: int = 32) -> list[Any] | dict[str, list[Any]]:
     """Semantic / panoptic / instance results of `model` run on overlapping windows (module docstring).
@@ -301,7 +303,8 @@ def sliding_window_inference(model: Any, pixel_values: Tensor, pixel_mask: Tenso
         task: one of ``"semantic"``, ``"panoptic"``, ``"instance"``, or several (one window pass).
         target_sizes: per image `(height, width)` of the results; None: its valid size in `pixel_values`.
         threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse: as the
-            processor's ``post_process_*``.
+            processor's ``post_process_*``; `threshold` and `overlap_mask_area_threshold` may also map
+            ``"panoptic"`` / ``"instance"`` to their own values (several tasks from one window pass).
         batch_size: windows per forward pass; size_divisor: an image smaller than the crop is padded
             to a multiple of it (as the processor pads).
     Returns:
@@ -312,7 +315,6 @@ def sliding_window_inference(model: Any, pixel_values: Tensor, pixel_mask: Tenso
     if not tasks or any(t not in TASKS for t in tasks):
         raise ValueError(f"task: expected one or more of {TASKS}, got {task!r}")
     (crop_h, crop_w), (stride_h, stride_w) = check_slide(crop, stride)
-    _check_thresholds(threshold, mask_threshold, overlap_mask_area_threshold)
     if not isinstance(pixel_values, Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
         raise ValueError(f"pixel_values: expected (batch, 3, height, width), got "
                          f"{tuple(getattr(pixel_values, 'shape', ()))}")
@@ -327,9 +329,20 @@ def sliding_window_inference(model: Any, pixel_values: Tensor, pixel_mask: Tenso
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
     if isinstance(num_labels, int) and any(not 0 <= c < num_labels for c in fuse):
         raise ValueError(f"label_ids_to_fuse: expected class ids in [0, {num_labels}), got {sorted(fuse)}")
-    settings = {"threshold": threshold, "mask_threshold": mask_threshold,
-                "overlap_mask_area_threshold": overlap_mask_area_threshold,
-                "fuse": fuse}
+    def per_task(value: Any, name: str) -> dict[str, Any]:
+        values = dict(value) if isinstance(value, Mapping) else {t: value for t in TASKS}
+        if set(values) - set(TASKS):
+            raise ValueError(f"{name}: expected a number or a mapping of {TASKS} to numbers, got {value!r}")
+        return values
+
+    thresholds, overlaps = per_task(threshold, "threshold"), per_task(overlap_mask_area_threshold,
+                                                                      "overlap_mask_area_threshold")
+    settings: dict[str, dict[str, Any]] = {}  # task -> the keywords of its whole-image post-processing
+    for t in ("panoptic", "instance"):
+        settings[t] = {"threshold": thresholds.get(t, 0.5), "mask_threshold": mask_threshold,
+                       "overlap_mask_area_threshold": overlaps.get(t, 0.8)}
+        _check_thresholds(settings[t]["threshold"], mask_threshold, settings[t]["overlap_mask_area_threshold"])
+    settings["panoptic"]["label_ids_to_fuse"] = fuse
     results: dict[str, list[Any]] = {t: [] for t in tasks}
     for i in range(batch):
         if pixel_mask is None:
@@ -384,12 +397,10 @@ def _slide_one(model: Any, pixel_values: Tensor, rows: _Axis, cols: _Axis, tasks
             out: dict[str, Any] = {}
             if "semantic" in tasks:
                 out["semantic"] = semantic_inference(*args)[0]
-            thresholds = dict(threshold=settings["threshold"], mask_threshold=settings["mask_threshold"],
-                              overlap_mask_area_threshold=settings["overlap_mask_area_threshold"])
             if "panoptic" in tasks:
-                out["panoptic"] = panoptic_inference(*args, **thresholds, label_ids_to_fuse=settings["fuse"])[0]
+                out["panoptic"] = panoptic_inference(*args, **settings["panoptic"])[0]
             if "instance" in tasks:
-                out["instance"] = instance_inference(*args, **thresholds)[0]
+                out["instance"] = instance_inference(*args, **settings["instance"])[0]
         return out
     stream = _Stream(target, tasks, pixel_values.device)
     done: dict[tuple[int, int], dict[str, Any]] = {}  # (window row, column) -> its results
