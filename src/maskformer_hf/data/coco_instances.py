@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .coco_panoptic import coco_panoptic_metadata
+from .coco_panoptic import _find_dir, coco_panoptic_metadata, wanted_splits
 from .folder import SPLIT_ALIASES, _select
 from .schema import SegmentationMetadata, dataset_info
 
@@ -92,13 +92,18 @@ def _check_segmentation(segmentation: Any, height: int, width: int, where: str) 
                          f"[{height}, {width}]")
 
 
+def _areas(instances: Sequence[Mapping[str, Any]], masks: Sequence[np.ndarray]) -> list[float]:
+    """Each instance's JSON ``area``, else its mask's pixel count."""
+    return [float(i["area"]) if i.get("area") is not None else float(m.sum()) for i, m in zip(instances, masks)]
+
+
 def paint_instances(instances: Sequence[Mapping[str, Any]], height: int, width: int) -> np.ndarray:
     """Rasterise one image's instances -> `(height, width)` int32 segment ids (0 = none), with the
     overlap rule of the module docstring. Each instance: ``{"segment_id", "segmentation", "area",
     "iscrowd", "annotation_id"}``."""
     ids = np.zeros((height, width), dtype=np.int32)
     masks = [segmentation_to_mask(i["segmentation"], height, width) for i in instances]
-    areas = [float(i["area"]) if i.get("area") is not None else float(m.sum()) for i, m in zip(instances, masks)]
+    areas = _areas(instances, masks)
     # Painted last wins: crowd before non-crowd, then larger before smaller, then higher id before lower.
     order = sorted(range(len(instances)), key=lambda k: (not instances[k]["iscrowd"], -areas[k],
                                                          -instances[k]["annotation_id"]))
@@ -135,7 +140,7 @@ def read_instances(raw: datasets.Dataset, index: int) -> dict[str, Any]:
     height, width, objects = record["height"], record["width"], record["objects"]
     masks = np.stack([segmentation_to_mask(o["segmentation"], height, width) for o in objects]) if objects else \
         np.zeros((0, height, width), dtype=bool)
-    areas = [float(o["area"]) if o.get("area") is not None else float(m.sum()) for o, m in zip(objects, masks)]
+    areas = _areas(objects, masks)
     return {"masks": masks, "labels": np.array([o["label_id"] for o in objects], dtype=np.int64),
             "iscrowd": np.array([bool(o["iscrowd"]) for o in objects], dtype=bool),
             "area": np.array(areas, dtype=np.float64)}
@@ -251,14 +256,12 @@ def load_coco_instances_root(
     -> splits ``train`` and ``validation`` (a missing JSON is skipped, unless none is found)."""
     root = Path(root)
     loaded = {}
-    for coco_split in splits:
+    for coco_split in wanted_splits(splits, split):  # one split asked for: the other JSON is not parsed
         json_path = root / "annotations" / f"instances_{coco_split}{year}.json"
         if not json_path.is_file():
             logger.info("skipping %s: no %s", coco_split, json_path)
             continue
-        image_dir = root / f"{coco_split}{year}"
-        if not image_dir.is_dir() and (root / "images" / f"{coco_split}{year}").is_dir():
-            image_dir = root / "images" / f"{coco_split}{year}"
+        image_dir = _find_dir(root, [f"{coco_split}{year}", f"images/{coco_split}{year}"], "image")
         name = SPLIT_ALIASES.get(coco_split, coco_split)
         loaded[name] = load_coco_instances(json_path, image_dir, split=name)
     if not loaded:

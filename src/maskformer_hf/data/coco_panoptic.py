@@ -131,7 +131,6 @@ def panoptic_json_split(
     png_dir: Path,
     split: str,
     source: str,
-    metadata: SegmentationMetadata | None = None,
 ) -> datasets.Dataset:
     """One split of COCO-format panoptic annotations -> a ``Dataset`` of the shared schema.
 
@@ -141,13 +140,13 @@ def panoptic_json_split(
             ``train2017/<file_name>``, Cityscapes' ``leftImg8bit/<split>/<city>/<file_name>``).
         png_dir: the folder of the PNGs named by the annotations' ``file_name``.
         split: the split's name (``train``, ``validation``).
-        source: what to name in messages (the JSON's file name).
-        metadata: default :func:`coco_panoptic_metadata` of the JSON's ``categories``.
+        source: what to name in messages (the JSON's file name); the metadata is
+            :func:`coco_panoptic_metadata` of the JSON's ``categories``.
 
     Rows whose image or PNG is missing are dropped with a warning naming them (a partial
     download); none left raises ``ValueError``.
     """
-    metadata = metadata or coco_panoptic_metadata(content["categories"])
+    metadata = coco_panoptic_metadata(content["categories"])
     label_of = {category_id: label for label, category_id in enumerate(metadata.source_category_ids)}
     image_of = {image["id"]: image for image in content["images"]}
     columns: dict[str, list[Any]] = {"image_id": [], "image": [], "annotation": [], "segments_info": []}
