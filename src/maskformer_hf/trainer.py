@@ -60,8 +60,8 @@ class SegmentationMetrics:
                  threshold: float = 0.8, overlap_mask_area_threshold: float = 0.8, mask_ap: bool = False) -> None:
         self.num_labels, self.ignore_index = num_labels, ignore_index
         self.threshold, self.overlap = threshold, overlap_mask_area_threshold
-        self.stuff = [i for i in range(num_labels) if i not in set(thing_ids or ())]
         self.things = set(thing_ids or ())
+        self.stuff = [i for i in range(num_labels) if i not in self.things]
         self.miou = MeanIoU(num_labels, ignore_index=ignore_index)
         self.pq = PanopticQuality(num_labels, thing_ids) if thing_ids is not None else None
         if mask_ap and not thing_ids:
@@ -92,8 +92,7 @@ class SegmentationMetrics:
             found = instance_inference(class_logits, mask_logits, pixel_mask, target_sizes=sizes, threshold=0.0,
                                        overlap_mask_area_threshold=0.0, return_binary_maps=True)
             references = []
-            for masks, classes in zip(mask_labels, class_labels):
-                height, width = sizes[len(references)]
+            for (height, width), masks, classes in zip(sizes, mask_labels, class_labels):
                 thing = torch.tensor([int(c) in self.things for c in classes.tolist()], dtype=torch.bool)
                 references.append({"masks": masks[:, :height, :width].cpu()[thing] > 0.5,
                                    "labels": classes.cpu()[thing]})

@@ -154,6 +154,9 @@ class SegmentationTransform:
         if to_semantic and metadata.task != "panoptic":
             raise ValueError("to_semantic=True needs panoptic data; this dataset is already semantic")
         self.metadata = metadata
+        # label_values sorted once: stored value -> label id by searchsorted (every example's map)
+        self._values = None if metadata.label_values is None else torch.sort(
+            torch.tensor(metadata.label_values, dtype=torch.long))  # (values (K,), label ids (K,))
         self.transforms = transforms
         self.drop_crowd = drop_crowd
         self.to_semantic = to_semantic
@@ -208,8 +211,8 @@ class SegmentationTransform:
         ignore = self.metadata.ignore_index
         if self.metadata.reduce_labels:
             label_map = torch.where(label_map == 0, torch.full_like(label_map, ignore), label_map - 1)
-        if self.metadata.label_values is not None:  # stored value -> label id, any other value -> ignore
-            values, labels = torch.sort(torch.tensor(self.metadata.label_values, dtype=torch.long))  # (K,), (K,)
+        if self._values is not None:  # stored value -> label id, any other value -> ignore
+            values, labels = self._values  # (K,), (K,)
             position = torch.searchsorted(values, label_map).clamp(max=len(values) - 1)  # (H, W)
             label_map = torch.where(values[position] == label_map, labels[position], torch.full_like(label_map, ignore))
         bad = (label_map != ignore) & ((label_map < 0) | (label_map >= self.metadata.num_labels))
