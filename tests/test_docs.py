@@ -75,6 +75,8 @@ BUDGETS = {  # a piece of the command -> flags appended
                                       "onnxruntime", "--backbones", "resnet50", "--trained-size", "64"],
     "benchmarks/bench_data.py": ["--size", "80", "--crop", "64", "--train-steps", "1", "--batches", "2",
                                  "--images", "8"],
+    "benchmarks/bench_sliding_window.py": ["--sizes", "128", "--crop", "64", "--stride", "48", "--output",
+                                           "sliding_window.json"],
     "benchmarks/bench_coco_instances.py": ["--images", "50", "--output", "coco_instances.json"],
     "maskformer_hf.data.synthetic": ["--num-train", "4", "--num-val", "2", "--size", "64"],
     "maskformer-hf evaluate": ["--max_samples", "2"],
