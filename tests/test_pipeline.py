@@ -60,9 +60,14 @@ def segmenter(checkpoint):
 def test_saved_checkpoint_carries_its_code(checkpoint):
     config = json.loads((checkpoint / "config.json").read_text())
     processor = json.loads((checkpoint / "preprocessor_config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_maskformer.MaskFormerConfig",
-                                  "AutoModelForImageSegmentation": "modeling_maskformer.MaskFormerForUniversalSegmentation"}
-    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_maskformer.MaskFormerImageProcessor"}
+    task_model = "modeling_maskformer.MaskFormerHfForUniversalSegmentation"
+    assert config["auto_map"] == {"AutoConfig": "configuration_maskformer.MaskFormerHfConfig",
+                                  "AutoModel": "modeling_maskformer.MaskFormerHfModel",
+                                  "AutoModelForUniversalSegmentation": task_model,
+                                  "AutoModelForImageSegmentation": task_model,
+                                  "AutoModelForInstanceSegmentation": task_model}
+    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_maskformer.MaskFormerHfImageProcessor"}
+    assert processor["image_processor_type"] == "MaskFormerHfImageProcessor"
     for name in ("configuration_maskformer.py", "modeling_maskformer.py", "image_processing_maskformer.py", "inference.py"):
         assert (checkpoint / name).is_file()
     # With the package imported, its own classes are used, not the copies.

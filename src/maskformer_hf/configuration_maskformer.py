@@ -98,7 +98,7 @@ SEGMENTATION_TYPES = ("mask_classification", "per_pixel", "per_pixel_plus")
 TRANSFORMER_IN_FEATURES = ("res5", "pixel_decoder")
 
 
-class MaskFormerConfig(PretrainedConfig):
+class MaskFormerHfConfig(PretrainedConfig):
     r"""Configuration of :class:`MaskFormerModel` and :class:`MaskFormerForUniversalSegmentation`.
 
     The backbone is either a timm model (``backbone`` names it; ``backbone_config`` is None) or a
@@ -286,7 +286,7 @@ class MaskFormerConfig(PretrainedConfig):
         return self.decoder_layers - 1
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "MaskFormerConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> "MaskFormerHfConfig":
         """Build the config of a paper variant, e.g. ``from_preset("swin-tiny", num_labels=150)``."""
         if name not in PRESETS:
             raise ValueError(f"from_preset: unknown preset {name!r}; expected one of {sorted(PRESETS)}")
@@ -299,3 +299,8 @@ class MaskFormerConfig(PretrainedConfig):
         if isinstance(self.backbone_config, PretrainedConfig):
             output["backbone_config"] = self.backbone_config.to_dict()
         return output
+
+
+# The public name. The class itself is named apart from transformers' ``MaskFormerConfig``: transformers
+# resolves configuration classes by ``__name__``, and a shared name made our checkpoints load as its model.
+MaskFormerConfig = MaskFormerHfConfig

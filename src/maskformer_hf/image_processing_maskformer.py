@@ -305,7 +305,7 @@ class MaskFormerImageProcessorKwargs(ImagesKwargs, total=False):
     label_ids_to_fuse: list[int] | None
 
 
-class MaskFormerImageProcessor(BaseImageProcessor):
+class MaskFormerHfImageProcessor(BaseImageProcessor):
     r"""Pre- and post-processing for :class:`~maskformer_hf.MaskFormerForUniversalSegmentation`.
 
     Args:
@@ -387,15 +387,10 @@ class MaskFormerImageProcessor(BaseImageProcessor):
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         processor = loaded[0] if isinstance(loaded, tuple) else loaded
         if processor.label_ids_to_fuse is None:
-            hub = {k: kwargs[k] for k in ("cache_dir", "force_download", "local_files_only", "token", "revision",
-                                          "subfolder") if k in kwargs}
-            config_file = cached_file(pretrained_model_name_or_path, "config.json", **hub,
-                                      _raise_exceptions_for_missing_entries=False,
-                                      _raise_exceptions_for_connection_errors=False)
-            if config_file is not None:
-                stuff = json.loads(Path(config_file).read_text()).get("stuff_label_ids")
-                if stuff is not None:
-                    processor.label_ids_to_fuse = sorted({int(i) for i in stuff})
+            config = _config_beside(pretrained_model_name_or_path, {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+            stuff = None if config is None else config.get("stuff_label_ids")
+            if stuff is not None:
+                processor.label_ids_to_fuse = sorted({int(i) for i in stuff})
         return loaded
 
     def to_dict(self) -> dict[str, Any]:
@@ -547,6 +542,64 @@ class MaskFormerImageProcessor(BaseImageProcessor):
             overlap_mask_area_threshold=overlap_mask_area_threshold,
             label_ids_to_fuse=self.label_ids_to_fuse if label_ids_to_fuse is None else label_ids_to_fuse,
             batch_size=batch_size, size_divisor=int(overrides.get("size_divisor", self.size_divisor)))
+
+
+# The public name. The class itself is named apart from transformers' ``MaskFormerImageProcessor``:
+# ``AutoImageProcessor`` finds classes by the saved ``image_processor_type``, so a shared name made the
+# package's import decide which processor a checkpoint of either library loaded as.
+MaskFormerImageProcessor = MaskFormerHfImageProcessor
+
+
+def saved_by_maskformer_hf(processor_dict: Mapping[str, Any], config_dict: Mapping[str, Any] | None) -> bool:
+    """Whether a ``preprocessor_config.json`` (and the ``config.json`` beside it, if any) was written by
+    this package: its ``auto_map`` names our processor module, or the model beside it is ours."""
+    auto_map = (processor_dict.get("auto_map") or {}).get("AutoImageProcessor") or ""
+    if isinstance(auto_map, (list, tuple)):
+        auto_map = next((ref for ref in auto_map if ref), "")
+    if str(auto_map).split("--")[-1].startswith("image_processing_maskformer."):
+        return True
+    return bool(config_dict) and config_dict.get("model_type") == "maskformer_hf"
+
+
+class LegacyNameImageProcessor(MaskFormerHfImageProcessor):
+    """What ``AutoImageProcessor`` finds for the name ``"MaskFormerImageProcessor"`` once the package is
+    imported (registered by :func:`maskformer_hf.register_auto_classes`). Checkpoints saved by earlier
+    versions of this package name our processor so; transformers' own checkpoints name theirs the same.
+    Each folder gets its own library's processor: ours for ours (:func:`saved_by_maskformer_hf`),
+    transformers' class of the requested backend (:attr:`transformers_class`) for everything else."""
+
+    transformers_class = "MaskFormerImageProcessor"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        processor_dict, _ = BaseImageProcessor.get_image_processor_dict(pretrained_model_name_or_path, **hub)
+        if saved_by_maskformer_hf(processor_dict, _config_beside(pretrained_model_name_or_path, hub)):
+            return MaskFormerHfImageProcessor.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        import transformers
+
+        return getattr(transformers, cls.transformers_class).from_pretrained(pretrained_model_name_or_path, *args,
+                                                                            **kwargs)
+
+
+class LegacyNameImageProcessorPil(LegacyNameImageProcessor):
+    """:class:`LegacyNameImageProcessor` for ``backend="pil"``: transformers' PIL-backend class for its folders."""
+
+    transformers_class = "MaskFormerImageProcessorPil"
+
+
+# The names transformers looks classes up by (the saved ``image_processor_type`` and its PIL variant).
+LegacyNameImageProcessor.__name__ = LegacyNameImageProcessor.__qualname__ = "MaskFormerImageProcessor"
+LegacyNameImageProcessorPil.__name__ = LegacyNameImageProcessorPil.__qualname__ = "MaskFormerImageProcessorPil"
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+def _config_beside(pretrained_model_name_or_path: str | os.PathLike, hub: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``config.json`` saved beside a processor, or None."""
+    config_file = cached_file(pretrained_model_name_or_path, "config.json", **hub,
+                              _raise_exceptions_for_missing_entries=False,
+                              _raise_exceptions_for_connection_errors=False)
+    return None if config_file is None else json.loads(Path(config_file).read_text())
 
 
 def shortest_edge_size(shortest_edge: int) -> dict[str, int]:

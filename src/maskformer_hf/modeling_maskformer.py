@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbones import MaskFormerBackbone
-from .configuration_maskformer import MaskFormerConfig
+from .configuration_maskformer import MaskFormerConfig, MaskFormerHfConfig
 from .loss_maskformer import MaskFormerLoss, PerPixelLoss
 from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, mask_logits, matched_mask_logits, zero_padding
 from .transformer_decoder import DecoderLayer, EncoderLayer, FeedForward, MaskFormerTransformerModule, MultiHeadAttention
@@ -94,7 +94,7 @@ class MaskFormerFeatures:
     valid_masks: list[Tensor] | None = None  # the backbone levels' (B, h_i, w_i) valid positions; None: no padding
 
 
-class MaskFormerPreTrainedModel(PreTrainedModel):
+class MaskFormerHfPreTrainedModel(PreTrainedModel):
     config_class = MaskFormerConfig
     config: MaskFormerConfig
     base_model_prefix = "model"
@@ -158,12 +158,36 @@ class MaskFormerPreTrainedModel(PreTrainedModel):
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``save_pretrained``; ``config.json``'s ``auto_map`` names our classes for every
+        Auto class a transformers user reaches for (:func:`auto_map`), so that the saved code loads as
+        ours through any of them with ``trust_remote_code=True`` where this package is not installed."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def auto_map() -> dict[str, str]:
+    """``{Auto class: "module.Class"}`` of the config and models (module names as in a saved folder)."""
+    def reference(cls: type) -> str:
+        return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+    task_model = reference(MaskFormerHfForUniversalSegmentation)
+    return {"AutoConfig": reference(MaskFormerHfConfig), "AutoModel": reference(MaskFormerHfModel),
+            **{name: task_model for name in TASK_AUTO_CLASSES}}
+
+
+# The Auto classes that build MaskFormerForUniversalSegmentation: transformers' pipeline and example
+# scripts reach for each of them (its own MaskFormer answers to the last two).
+TASK_AUTO_CLASSES = ("AutoModelForUniversalSegmentation", "AutoModelForImageSegmentation",
+                     "AutoModelForInstanceSegmentation")
+
+
 def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     keys = ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder")
     return {k: kwargs[k] for k in keys if k in kwargs}
 
 
-class MaskFormerModel(MaskFormerPreTrainedModel):
+class MaskFormerHfModel(MaskFormerHfPreTrainedModel):
     """Backbone, pixel decoder and transformer module; no heads.
 
     ``pixel_mask`` `(batch_size, H, W)` (1 = real pixel, 0 = padding) is honoured: each image of a
@@ -394,7 +418,7 @@ def class_maps_as_queries(logits: Tensor) -> tuple[Tensor, Tensor]:
     return class_logits, probability_logits(logits, dim=-3)
 
 
-class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
+class MaskFormerHfForUniversalSegmentation(MaskFormerHfPreTrainedModel):
     """MaskFormer with its class head (K + 1 classes) and mask head; semantic, instance and panoptic
     segmentation all come from these two outputs (post-processing in :mod:`maskformer_hf.inference`).
 
@@ -565,3 +589,10 @@ class MaskFormerForUniversalSegmentation(MaskFormerPreTrainedModel):
             **_hidden_states(features, output_hidden_states),
             pixel_mask=pixel_mask,
         )
+
+
+# The public names. The classes themselves are named apart from transformers' MaskFormer classes, which
+# transformers resolves by ``__name__`` (see MaskFormerHfConfig).
+MaskFormerPreTrainedModel = MaskFormerHfPreTrainedModel
+MaskFormerModel = MaskFormerHfModel
+MaskFormerForUniversalSegmentation = MaskFormerHfForUniversalSegmentation
