@@ -47,6 +47,8 @@ from PIL import Image
 from conftest import scene, tiny_hf_model
 from fake_hub import FakeHub
 
+from maskformer_hf.precision import NATIVE_BF16_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 NOT_RUN = {"make test": "the command that runs this very suite (CI runs it through .ci/run)"}
@@ -196,9 +198,14 @@ def write_detectron2_stand_in(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Running commands
 # ---------------------------------------------------------------------------------------------
+# The pages train with --mixed_precision bf16 after fp32 runs, in one process: run as on a CPU with native
+# bf16 on every CPU (the tiny budgeted models train as fast emulated), so the pages' result never depends on it.
+FORCED = {NATIVE_BF16_ENV: "1"}
+
+
 def environment() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               GRADIO_ANALYTICS_ENABLED="False", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+               GRADIO_ANALYTICS_ENABLED="False", MPLBACKEND="Agg", PYTHONUNBUFFERED="1", **FORCED)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return env
 
@@ -328,6 +335,8 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_s
     assert blocks or page == "docs/benchmarks.md"
     workspace = make_workspace(tmp_path, shared, page, hub_stand_ins)
     monkeypatch.chdir(workspace)
+    for name, value in FORCED.items():  # the commands run in this process too
+        monkeypatch.setenv(name, value)
     for name, value in environment().items():
         monkeypatch.setenv(name, value)
     hub = FakeHub(workspace / HUB)

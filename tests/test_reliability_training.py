@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from maskformer_hf import matching
-from maskformer_hf.precision import cpu_supports_bf16
+from maskformer_hf.precision import NATIVE_BF16_ENV
 from maskformer_hf.train_loop import latest_checkpoint, tidy_checkpoints, train
 from maskformer_hf.training import EpochBatchSampler, NonFiniteLossError, TrainConfig, load_splits
 
@@ -502,21 +502,7 @@ def test_nonfinite_loss_field_is_checked():
 
 
 # --- numerics --------------------------------------------------------------------------------------
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate's process-wide state, reset around the test (as accelerate's AccelerateTestCase does):
-    a mixed precision other than the first ``Accelerator``'s of this process needs it."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
-def test_bf16_training_is_finite_and_matches_in_fp32(tmp_path, data_dir, monkeypatch, compile_off,
-                                                     fresh_accelerate_state):
+def test_bf16_training_is_finite_and_matches_in_fp32(tmp_path, data_dir, monkeypatch, compile_off):
     import maskformer_hf.loss_maskformer as loss_module
 
     seen = {"logits": set(), "costs": set(), "solver": set(), "finite": True}
@@ -535,6 +521,7 @@ def test_bf16_training_is_finite_and_matches_in_fp32(tmp_path, data_dir, monkeyp
         seen["finite"] &= bool(np.isfinite(cost).all())
         return lsa(cost)
 
+    monkeypatch.setenv(NATIVE_BF16_ENV, "1")  # the bf16 path on every CPU (emulated where it is not native)
     monkeypatch.setattr(loss_module, "hungarian_match", spy_match)
     monkeypatch.setattr(matching, "solve_assignment", spy_solve)
     monkeypatch.setattr(matching, "linear_sum_assignment", spy_lsa)

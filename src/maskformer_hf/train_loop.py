@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from .evaluation import evaluate_segmentation
 from .model_card import training_info
 from .precision import cpu_supports_bf16
+from .run_state import own_accelerate_state
 from .training import (AugmentedDataset, EpochBatchSampler, TrainConfig, build_model_and_processor, copy_buffers,
                        create_optimizer_and_scheduler, global_num_masks, load_splits, nonfinite_outcome,
                        restore_buffers, train_transforms)
@@ -168,7 +169,15 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 def train(config: TrainConfig, datasets: tuple | None = None, command: list[str] | None = None) -> dict[str, Any]:
     """Train, evaluate, save; returns the final metrics. ``datasets`` = ``(train, eval, metadata)``
     replaces loading by ``config`` (a seam for tests and notebooks). ``command``: the command line
-    that launched the run, for the model card (default: the recipe as ``maskformer-hf train`` flags)."""
+    that launched the run, for the model card (default: the recipe as ``maskformer-hf train`` flags).
+
+    Callable again in the same process with another mixed precision, device or seed, with the result
+    of a fresh process: each call runs on accelerate state of its own (:func:`own_accelerate_state`)."""
+    with own_accelerate_state():
+        return _train(config, datasets, command)
+
+
+def _train(config: TrainConfig, datasets: tuple | None, command: list[str] | None) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -179,8 +188,10 @@ def train(config: TrainConfig, datasets: tuple | None = None, command: list[str]
     from .data.collate import MaskFormerCollator
     from .data.transforms import SegmentationTransform
 
-    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    use_cpu = config.use_cpu or not torch.cuda.is_available() or \
+        os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     accelerator = Accelerator(
+        cpu=use_cpu,
         mixed_precision=_mixed_precision(config.mixed_precision, use_cpu),
         log_with=config.log_with or None,
         project_dir=config.output_dir,

@@ -25,6 +25,7 @@ from transformers import Trainer, TrainerCallback
 from .inference import instance_inference, panoptic_inference, semantic_inference
 from .metrics import MaskAP, MeanIoU, PanopticQuality
 from .metrics.mask_ap import instances_from_post_processing
+from .run_state import own_accelerate_state
 from .training import (NONFINITE_LOSS_MODES, AugmentedDataset, TrainConfig, build_model_and_processor, copy_buffers,
                        create_optimizer_and_scheduler, load_splits, nonfinite_outcome, restore_buffers,
                        train_transforms)
@@ -181,7 +182,13 @@ def train_with_trainer(config: TrainConfig, datasets: tuple | None = None,
                        command: list[str] | None = None) -> dict[str, Any]:
     """Train and evaluate with ``transformers.Trainer``; returns the final evaluation metrics. The
     final folder (``output_dir/model``) is the accelerate loop's: weights, processor, metrics, card;
-    ``push_to_hub`` publishes it in one commit (not Trainer's own pushes)."""
+    ``push_to_hub`` publishes it in one commit (not Trainer's own pushes). Callable again in the same
+    process with another mixed precision, device or seed (:func:`own_accelerate_state`)."""
+    with own_accelerate_state():
+        return _train_with_trainer(config, datasets, command)
+
+
+def _train_with_trainer(config: TrainConfig, datasets: tuple | None, command: list[str] | None) -> dict[str, Any]:
     import time
     from pathlib import Path
 
@@ -203,7 +210,10 @@ def train_with_trainer(config: TrainConfig, datasets: tuple | None = None,
     train_data = AugmentedDataset(train_set, SegmentationTransform(metadata, train_transforms(config), drop_crowd=True),
                                   config.seed)
     eval_data = AugmentedDataset(eval_set, SegmentationTransform(metadata, drop_crowd=True), config.seed)
-    bf16 = config.mixed_precision == "bf16" and (torch.cuda.is_available() or cpu_supports_bf16())
+    on_cpu = config.use_cpu or not torch.cuda.is_available()
+    bf16 = config.mixed_precision == "bf16" and (not on_cpu or cpu_supports_bf16())
+    if config.mixed_precision == "bf16" and not bf16:
+        logger.warning("mixed_precision=bf16: this CPU has no native bf16 (it would be slower); training in fp32")
     args = TrainingArguments(
         output_dir=config.output_dir,
         max_steps=config.max_steps,
@@ -217,6 +227,7 @@ def train_with_trainer(config: TrainConfig, datasets: tuple | None = None,
         bf16=bf16,
         fp16=config.mixed_precision == "fp16",
         seed=config.seed,
+        use_cpu=config.use_cpu,
         dataloader_num_workers=config.num_workers,
         remove_unused_columns=False,  # the collator needs the raw example
         batch_eval_metrics=True,

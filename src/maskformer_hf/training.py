@@ -153,6 +153,7 @@ class TrainConfig:
     max_grad_norm: float | None = _arg(0.01, "full-model gradient clipping (L2 norm); None disables")
     mixed_precision: str = _arg("no", "no | bf16 | fp16 (bf16 on a CPU without native support falls back to no)")
     seed: int = _arg(42, "seed of initialisation, data order and augmentation")
+    use_cpu: bool = _arg(False, "train on the CPU even where a GPU is present (as TrainingArguments.use_cpu)")
     # Bookkeeping
     output_dir: str = _arg("outputs/maskformer", "where checkpoints/, model/, log.jsonl and metrics.json go")
     eval_every: int = _arg(0, "evaluate every N steps (0: only at the end)")
