@@ -265,8 +265,8 @@ def test_bad_inputs_raise_clear_errors():
         processor("not an image")
     with pytest.raises(ValueError, match="num_labels=2"):
         processor(image, segmentation_maps=np.full((8, 8), 3, np.uint8), num_labels=2)
-    with pytest.raises(ValueError, match="do_pad=True"):
-        processor([image, image[:4]], do_pad=False)
+    with pytest.raises(ValueError, match="pad_size.*smaller"):  # do_pad=False pads all the same, as transformers
+        processor([image, image[:4]], pad_size={"height": 4, "width": 4})
     with pytest.raises(ValueError, match="size"):
         MaskFormerImageProcessor(size={"longest_edge": 5})
 

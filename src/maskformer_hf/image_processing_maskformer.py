@@ -9,6 +9,7 @@ binary masks and class ids (:func:`segmentation_map_to_masks`). Post-processing:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,22 +23,41 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as tvF
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_transforms import get_size_with_aspect_ratio
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature, get_size_dict
+from transformers.image_transforms import convert_to_rgb, get_size_with_aspect_ratio
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    PILImageResampling,
+    SizeDict,
+    get_image_size_for_max_height_width,
+    pil_torch_interpolation_mapping,
+    torch_pil_interpolation_mapping,
+)
+from transformers.models.maskformer.image_processing_maskformer import binary_mask_to_rle
 from transformers.processing_utils import ImagesKwargs
-from transformers.utils import cached_file
+from transformers.utils import TensorType, cached_file, is_torchvision_greater_or_equal
 
-from .inference import instance_inference, panoptic_inference, semantic_inference
+from .inference import instance_inference, panoptic_inference, semantic_inference, semantic_scores
 from .sliding_window import sliding_window_inference
+
+try:  # transformers >= 5.13
+    from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+except ImportError:  # older 5.x: the same fields on a plain BatchFeature
+    SemanticSegmentationPostProcessorOutput = BatchFeature
 
 logger = logging.getLogger(__name__)
 
-_RESAMPLE = {
-    PILImageResampling.NEAREST: tvF.InterpolationMode.NEAREST_EXACT,
-    PILImageResampling.BILINEAR: tvF.InterpolationMode.BILINEAR,
-    PILImageResampling.BICUBIC: tvF.InterpolationMode.BICUBIC,
-}
+# Filters transformers' torchvision backend resizes with; BOX and HAMMING have no tensor kernel (it fails on them).
+_RESAMPLE = {k: v for k, v in pil_torch_interpolation_mapping.items()
+             if k not in (PILImageResampling.BOX, PILImageResampling.HAMMING)}
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    """A warning that an evaluation loop would otherwise repeat for every batch."""
+    logger.warning(message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,26 +187,32 @@ def pil_to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _image_to_tensor(image: Any, index: int = 0) -> Tensor:
-    """PIL / numpy / torch image (RGB, grey or RGBA; HWC or CHW) -> `(3, H, W)` uint8 or float32.
+def _image_to_tensor(image: Any, index: int = 0, input_data_format: ChannelDimension | None = None,
+                     do_convert_rgb: bool | None = None) -> Tensor:
+    """PIL / numpy / torch image -> `(C, H, W)` uint8 or float32, with the channels it has.
 
-    16-bit integer arrays (``uint16``) are scaled to 8 bits (``v / 257``) as 16-bit PIL images are;
-    other integer types must hold 0-255 values. Float pixels must be finite; bool and complex
-    pixels, empty images and unknown layouts raise, naming ``images[index]``."""
+    The layout of a 3-d array or tensor is `input_data_format` when given; else numpy is HWC and
+    torch CHW where both read as 1, 3 or 4 channels, otherwise whichever does (PIL images are
+    always HWC). With `do_convert_rgb`, grey and RGBA become RGB as transformers converts them
+    (alpha composited over white). 16-bit integer arrays (``uint16``) are scaled to 8 bits
+    (``v / 257``) as 16-bit PIL images are; other integer types must hold 0-255 values. Float
+    pixels must be finite; bool and complex pixels, empty images and unknown layouts raise,
+    naming ``images[index]``."""
     name = f"images[{index}]"
     if isinstance(image, Image.Image):
-        if image.mode not in ("RGB", "L", "RGBA"):
-            image = pil_to_rgb(image)
-        array = torch.from_numpy(np.array(image))
-        layout = "hwc"
+        if do_convert_rgb and ("A" in image.getbands() or "transparency" in image.info):
+            array = torch.from_numpy(convert_to_rgb(image, return_numpy=True))  # transformers' conversion
+        else:
+            array = torch.from_numpy(np.array(image if image.mode in ("RGB", "L", "RGBA") else pil_to_rgb(image)))
+        input_data_format, prefer_last = ChannelDimension.LAST, True
     elif isinstance(image, np.ndarray):
         if image.dtype.kind not in "biuf":
             raise TypeError(f"{name}: expected integer (0-255) or floating point pixels, got {image.dtype}")
         if image.dtype in (np.uint16, np.uint32, np.uint64):  # torch has few kernels for wide unsigned types
             image = image.astype(np.int64) if image.dtype != np.uint16 else image.astype(np.int32) * 255 // 65535
-        array, layout = torch.from_numpy(np.ascontiguousarray(image)), "hwc"
+        array, prefer_last = torch.from_numpy(np.ascontiguousarray(image)), True
     elif isinstance(image, Tensor):
-        array, layout = image, "chw"
+        array, prefer_last = image, False
         if array.dtype == torch.uint16:
             array = array.to(torch.int32) * 255 // 65535
         elif array.dtype in (torch.uint32, torch.uint64):
@@ -196,11 +222,14 @@ def _image_to_tensor(image: Any, index: int = 0) -> Tensor:
     if array.ndim == 2:
         array = array[None]
     elif array.ndim == 3:
-        first, last = array.shape[0] in (1, 3, 4), array.shape[-1] in (1, 3, 4)
-        if last and (layout == "hwc" or not first):
+        if input_data_format is None:
+            first, last = array.shape[0] in (1, 3, 4), array.shape[-1] in (1, 3, 4)
+            if not first and not last:
+                raise ValueError(f"{name}: expected 1, 3 or 4 channels (HWC or CHW), got shape {tuple(array.shape)}; "
+                                 "pass input_data_format for other channel counts")
+            input_data_format = ChannelDimension.LAST if last and (prefer_last or not first) else ChannelDimension.FIRST
+        if input_data_format == ChannelDimension.LAST:
             array = array.permute(2, 0, 1)
-        elif not first:
-            raise ValueError(f"{name}: expected 1, 3 or 4 channels (HWC or CHW), got shape {tuple(array.shape)}")
     else:
         raise ValueError(f"{name}: expected (H, W), (H, W, C) or (C, H, W), got shape {tuple(array.shape)}")
     if array.shape[1] < 1 or array.shape[2] < 1:
@@ -218,11 +247,29 @@ def _image_to_tensor(image: Any, index: int = 0) -> Tensor:
             raise ValueError(f"{name}: integer pixels must lie in [0, 255], got values {low}..{high} ({array.dtype}); "
                              "16-bit images are read as uint16")
         array = array.to(torch.uint8)
-    if array.shape[0] == 1:
+    array = array if array.dtype == torch.uint8 else array.float()
+    if do_convert_rgb and array.shape[0] == 1:
         array = array.expand(3, -1, -1)
-    elif array.shape[0] == 4:  # RGBA: drop alpha, as PIL's convert("RGB")
-        array = array[:3]
-    return array if array.dtype == torch.uint8 else array.float()
+    elif do_convert_rgb and array.shape[0] == 4:  # transformers' conversion: alpha composited over white
+        rgb = convert_to_rgb(array.permute(1, 2, 0).cpu().numpy(), return_numpy=True,
+                             input_data_format=ChannelDimension.LAST)
+        array = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    return array
+
+
+def _match_channels(image: Tensor, channels: int | None, index: int) -> Tensor:
+    """`image` `(C, H, W)` with the `channels` that ``image_mean``/``image_std`` describe (None: one
+    value for all, so any count): grey is replicated to RGB and RGBA loses its alpha, as PIL's
+    ``convert("RGB")`` does."""
+    count = image.shape[0]
+    if channels is None or count == channels:
+        return image
+    if channels == 3 and count == 1:
+        return image.expand(3, -1, -1)
+    if channels == 3 and count == 4:
+        return image[:3]
+    raise ValueError(f"images[{index}]: has {count} channels, but image_mean/image_std have {channels} values; "
+                     f"pass one value per channel (or a single value) for {count}-channel images")
 
 
 def _label_map_to_tensor(label_map: Any) -> Tensor:
@@ -261,6 +308,16 @@ def _label_map_to_tensor(label_map: Any) -> Tensor:
     if array.ndim != 2:
         raise ValueError(f"segmentation_maps: expected (H, W) per map, got shape {tuple(array.shape)}")
     return array
+
+
+def _image_list(images: Any) -> list:
+    """Images as a flat list, as transformers takes them: lists (nested ones flattened), batched
+    `(B, ...)` 4-d arrays or tensors (also inside lists), or one image."""
+    if isinstance(images, (list, tuple)):
+        return [image for item in images for image in _image_list(item)]
+    if isinstance(images, (np.ndarray, Tensor)) and images.ndim == 4:
+        return list(images)
+    return [images]
 
 
 def _as_list(items: Any, batch_ndim: int, count: int | None = None) -> list:
@@ -310,19 +367,25 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
 
     Args:
         do_resize: resize images (and maps) to ``size``.
-        size: ``{"shortest_edge", "longest_edge"}`` (aspect kept) or ``{"height", "width"}``; an int is
-            a shortest edge.
+        size: ``{"shortest_edge"[, "longest_edge"]}`` or ``{"max_height", "max_width"}`` (aspect kept), or
+            ``{"height", "width"}``; an int is a shortest edge, a ``(height, width)`` pair a fixed size.
         size_divisor: resized height and width are rounded up to a multiple of it (0: off).
-        resample: ``PILImageResampling`` filter for images (maps always use nearest).
+        resample: ``PILImageResampling`` (or torchvision ``InterpolationMode``) filter for images: nearest,
+            bilinear, bicubic or Lanczos (maps always use nearest).
         do_rescale, rescale_factor: multiply pixel values (1/255: uint8 -> [0, 1]).
-        do_normalize, image_mean, image_std: per-channel normalisation.
+        do_normalize, image_mean, image_std: per-channel normalisation (one value per channel, or one
+            for all; images keep as many channels as these describe, see :meth:`preprocess`).
         ignore_index: label of pixels that belong to no mask (e.g. 255).
         do_reduce_labels: label 0 becomes ``ignore_index``, every other label shifts down by one.
-        num_labels: when set, class ids in maps must be below it.
-        do_pad: pad a batch bottom/right to its largest image (with a ``pixel_mask``).
+        num_labels: the model's class count, when known: class ids in maps must be below it (the loss
+            could not use them); post-processing only warns about logits with another class count.
+        do_pad: pad a batch bottom/right to its largest image (with a ``pixel_mask``); images of
+            different sizes are padded even when False, as transformers pads them (with a warning).
         label_ids_to_fuse: classes whose segments merge in panoptic post-processing ("stuff") when a
             call does not pass ``label_ids_to_fuse``; saved with the processor, so the pipeline fuses too.
             When None, :meth:`from_pretrained` takes the model config's ``stuff_label_ids``.
+        do_convert_rgb, pad_size, input_data_format, data_format, device, return_tensors, ...: transformers'
+            per-call options (:attr:`_options`), here defaults for every call; see :meth:`preprocess`.
     """
 
     model_input_names = ["pixel_values", "pixel_mask"]
@@ -330,18 +393,21 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
     _fields = ("do_resize", "size", "size_divisor", "resample", "do_rescale", "rescale_factor", "do_normalize",
                "image_mean", "image_std", "ignore_index", "do_reduce_labels", "num_labels", "do_pad",
                "label_ids_to_fuse")
+    # transformers' other options (ImagesKwargs): per call, or defaults set in the constructor (saved when set)
+    _options = ("do_convert_rgb", "pad_size", "input_data_format", "data_format", "device", "return_tensors",
+                "disable_grouping", "default_to_square", "do_center_crop", "crop_size", "image_seq_length")
 
     def __init__(
         self,
         do_resize: bool = True,
-        size: dict[str, int] | int | None = None,
+        size: dict[str, int] | int | Sequence[int] | None = None,
         size_divisor: int = 32,
-        resample: PILImageResampling | int = PILImageResampling.BILINEAR,
+        resample: PILImageResampling | int | tvF.InterpolationMode = PILImageResampling.BILINEAR,
         do_rescale: bool = True,
         rescale_factor: float = 1 / 255,
         do_normalize: bool = True,
-        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        image_mean: float | Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        image_std: float | Sequence[float] = IMAGENET_DEFAULT_STD,
         ignore_index: int | None = None,
         do_reduce_labels: bool = False,
         num_labels: int | None = None,
@@ -353,7 +419,10 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
         max_size = kwargs.pop("max_size", kwargs.pop("_max_size", None))
         if "reduce_labels" in kwargs:
             do_reduce_labels = kwargs.pop("reduce_labels")
+        if "size_divisibility" in kwargs:
+            size_divisor = kwargs.pop("size_divisibility")
         auto_map = kwargs.pop("auto_map", None)
+        options = {name: kwargs.pop(name, None) for name in self._options}
         unused = sorted(k for k in kwargs if k not in ("image_processor_type", "feature_extractor_type", "processor_class"))
         if unused:
             logger.info("MaskFormerImageProcessor: ignoring unknown settings %s", unused)
@@ -361,23 +430,31 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
         if auto_map is not None:
             self.auto_map = auto_map
         self.do_resize = bool(do_resize)
-        self.size = _size_dict(size if size is not None else {"shortest_edge": 800, "longest_edge": 1333}, max_size)
+        self.size = _size_dict(size if size is not None else {"shortest_edge": 800, "longest_edge": 1333}, max_size,
+                               bool(options["default_to_square"]))
         self.size_divisor = int(size_divisor or 0)
-        self.resample = PILImageResampling(resample)
-        if self.resample not in _RESAMPLE:
-            raise ValueError(f"resample: expected NEAREST, BILINEAR or BICUBIC, got {self.resample!r}")
+        self.resample = _resample(resample)
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = bool(do_normalize)
-        self.image_mean = [float(v) for v in image_mean]
-        self.image_std = [float(v) for v in image_std]
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            raise ValueError(f"image_mean/image_std: expected 3 values (std > 0), got {image_mean} / {image_std}")
+        self.image_mean, self.image_std = _statistic(image_mean, "image_mean"), _statistic(image_std, "image_std")
+        _channels(self.image_mean, self.image_std)
         self.ignore_index = ignore_index
         self.do_reduce_labels = bool(do_reduce_labels)
         self.num_labels = num_labels
         self.do_pad = bool(do_pad)
         self.label_ids_to_fuse = sorted({int(i) for i in label_ids_to_fuse}) if label_ids_to_fuse is not None else None
+        for name, value in options.items():
+            setattr(self, name, value)
+        if options["pad_size"] is not None:
+            self.pad_size = _pad_size(options["pad_size"])
+        for name in ("input_data_format", "data_format"):
+            if options[name] is not None:
+                setattr(self, name, _channel_dimension(options[name], name).value)
+        if options["return_tensors"] is not None:
+            self.return_tensors = _tensor_type(options["return_tensors"]).value
+        if options["device"] is not None:
+            self.device = str(options["device"])
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
@@ -396,6 +473,7 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
     def to_dict(self) -> dict[str, Any]:
         out = {field: getattr(self, field) for field in self._fields}
         out["resample"] = int(self.resample)
+        out.update({name: getattr(self, name) for name in self._options if getattr(self, name, None) is not None})
         out["image_processor_type"] = type(self).__name__
         if getattr(self, "auto_map", None):
             out["auto_map"] = dict(self.auto_map)
@@ -408,27 +486,60 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
 
     def preprocess(self, images: Any, segmentation_maps: Any = None,
                    instance_id_to_semantic_id: Mapping[int, int] | Sequence[Mapping[int, int] | None] | None = None,
-                   return_tensors: str | None = "pt", **overrides: Any) -> BatchFeature:
-        """Images (and optional label maps) -> ``pixel_values`` `(B, 3, H, W)` float32,
+                   **kwargs: Any) -> BatchFeature:
+        """Images (and optional label maps) -> ``pixel_values`` `(B, C, H, W)` float32 (C = 3 for RGB),
         ``pixel_mask`` `(B, H, W)` int64 and, with maps, ``mask_labels`` (list of `(N_i, H, W)`
         float32, 0 on padding) and ``class_labels`` (list of `(N_i,)` int64).
 
-        Any constructor setting can be overridden for this call (e.g. ``do_resize=False`` for
-        already augmented uint8 `(3, H, W)` tensors and `(H, W)` int64 maps).
+        `images`: PIL images, numpy arrays or torch tensors (HWC or CHW, see `input_data_format`),
+        one, a list or a batched 4-d array. Any constructor setting can be overridden for this call
+        (e.g. ``do_resize=False`` for already augmented uint8 `(3, H, W)` tensors and `(H, W)` int64
+        maps), and transformers' options are taken with their meaning:
+
+        * ``return_tensors``: ``"pt"`` (the default here), ``"np"`` (``pixel_values`` and ``pixel_mask``
+          as numpy arrays) or None (one tensor per image, as transformers returns them);
+        * ``input_data_format``: ``"channels_first"`` / ``"channels_last"`` layout of arrays and
+          tensors (None: inferred); ``do_convert_rgb``: grey and RGBA to RGB as transformers converts
+          them (alpha over white; without it RGBA loses its alpha); ``pad_size``: pad to this
+          ``{"height", "width"}`` instead of the batch's largest image; ``device``: where the tensors go;
+        * ``data_format`` other than channels first, ``do_center_crop``, ``crop_size``,
+          ``disable_grouping`` and ``image_seq_length`` change nothing, as in transformers'
+          MaskFormer processor (the first two with a warning); ``reduce_labels`` is ``do_reduce_labels``.
+
+        Channels: an image keeps its channels when ``image_mean``/``image_std`` have one value per
+        channel or a single value; with three values, grey is replicated and RGBA loses its alpha.
         """
-        unknown = sorted(set(overrides) - set(self._fields))
+        if "reduce_labels" in kwargs:  # transformers 4.x's name
+            reduced = kwargs.pop("reduce_labels")
+            kwargs.setdefault("do_reduce_labels", reduced)
+        unknown = sorted(set(kwargs) - set(self._fields) - set(self._options))
         if unknown:
-            raise TypeError(f"MaskFormerImageProcessor: unknown arguments {unknown}; expected some of {list(self._fields)}")
-        if return_tensors not in (None, "pt") and str(return_tensors) != "TensorType.PYTORCH":
-            raise ValueError(f"return_tensors: only 'pt' is supported, got {return_tensors!r}")
-        s = {field: overrides.get(field, getattr(self, field)) for field in self._fields}
-        size = _size_dict(s["size"], None)
-        resample = PILImageResampling(s["resample"])
-        if resample not in _RESAMPLE:
-            raise ValueError(f"resample: expected NEAREST, BILINEAR or BICUBIC, got {resample!r}")
-        image_list = [_image_to_tensor(image, i) for i, image in enumerate(_as_list(images, 3))]
+            raise TypeError(f"MaskFormerImageProcessor: unknown arguments {unknown}; expected some of "
+                            f"{list(self._fields) + list(self._options)}")
+        s = {name: kwargs[name] if name in kwargs else getattr(self, name, None)
+             for name in self._fields + self._options}
+        return_tensors = kwargs["return_tensors"] if "return_tensors" in kwargs else (s["return_tensors"] or "pt")
+        tensor_type = None if return_tensors is None else _tensor_type(return_tensors)
+        layout = None if s["input_data_format"] is None else _channel_dimension(s["input_data_format"],
+                                                                               "input_data_format")
+        data_format = None if s["data_format"] is None else _channel_dimension(s["data_format"], "data_format")
+        if data_format == ChannelDimension.LAST:
+            _warn_once("data_format='channels_last' is ignored: pixel_values are channels first, the layout the model "
+                       "takes (transformers' MaskFormer processor ignores it too)")
+        if s["do_center_crop"]:
+            _warn_once("do_center_crop is ignored: MaskFormer processors resize and pad, they do not crop "
+                       "(transformers' MaskFormer processor ignores it too)")
+        size = _size_dict(s["size"], None, bool(s["default_to_square"]))
+        resample = _resample(s["resample"])
+        mean, std = _statistic(s["image_mean"], "image_mean"), _statistic(s["image_std"], "image_std")
+        channels = _channels(mean, std)
+        image_list = [_match_channels(_image_to_tensor(image, i, layout, s["do_convert_rgb"]), channels, i)
+                      for i, image in enumerate(_image_list(images))]
         if not image_list:
             raise ValueError("images: expected at least one image")
+        counts = sorted({x.shape[0] for x in image_list})
+        if len(counts) > 1:
+            raise ValueError(f"images: expected one channel count for the batch, got {counts}")
         map_list = None
         if segmentation_maps is not None:
             map_list = [_label_map_to_tensor(m) for m in _as_list(segmentation_maps, 3, len(image_list))]
@@ -454,32 +565,38 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
                     continue
                 for i in members:  # one by one: an HWC image's channels-last view takes the fast uint8
                     # kernel (3x faster than a stacked, contiguous batch)
-                    image_list[i] = tvF.resize(image_list[i], list(new_size), interpolation=_RESAMPLE[resample],
-                                               antialias=True)
+                    image_list[i] = tvF.resize(image_list[i], list(new_size), antialias=True,
+                                               interpolation=_interpolation(resample, image_list[i].device))
                 if map_list is not None:
                     _resize_label_maps(map_list, members, new_size)
 
         # Rescale + normalise (one fused affine map per channel), pad.
+        count = counts[0]
         scale = s["rescale_factor"] if s["do_rescale"] else 1.0
-        mean = torch.tensor(s["image_mean"] if s["do_normalize"] else [0.0] * 3) * (1.0 / scale)
-        std = torch.tensor(s["image_std"] if s["do_normalize"] else [1.0] * 3) * (1.0 / scale)
+        mean = torch.tensor(mean if s["do_normalize"] else 0.0).expand(count) * (1.0 / scale)
+        std = torch.tensor(std if s["do_normalize"] else 1.0).expand(count) * (1.0 / scale)
         heights, widths = [x.shape[-2] for x in image_list], [x.shape[-1] for x in image_list]
         padded = (max(heights), max(widths))
-        if not s["do_pad"] and (len(set(heights)) > 1 or len(set(widths)) > 1):
-            raise ValueError(f"images differ in size after resizing ({sorted(set(zip(heights, widths)))}); "
-                             "set do_pad=True or resize to a fixed size")
+        if s["pad_size"] is not None:
+            wanted = _pad_size(s["pad_size"])
+            if wanted["height"] < padded[0] or wanted["width"] < padded[1]:
+                raise ValueError(f"pad_size: {wanted} is smaller than the largest resized image {padded}")
+            padded = (wanted["height"], wanted["width"])
+        elif not s["do_pad"] and (len(set(heights)) > 1 or len(set(widths)) > 1):
+            _warn_once("do_pad=False, but the images differ in size after resizing: they are padded to one size "
+                       "(with a pixel_mask), as transformers' MaskFormer processor pads them; resize to a fixed size "
+                       "to avoid padding")
         cpu = torch.device("cpu")
-        pixel_values = _zeros((len(image_list), 3, *padded), cpu)  # padding stays untouched
+        pixel_values = _zeros((len(image_list), count, *padded), cpu)  # padding stays untouched
         pixel_mask = _zeros((len(image_list), *padded), cpu, torch.int64)
-        scale_c, shift_c = (1.0 / std).view(3, 1, 1), (-mean / std).view(3, 1, 1)
+        scale_c, shift_c = (1.0 / std).view(count, 1, 1), (-mean / std).view(count, 1, 1)
         for i, image in enumerate(image_list):
             h, w = image.shape[-2:]
             valid = pixel_values[i, :, :h, :w]
             valid.copy_(image)  # uint8 -> float32, then (x - mean) / std in float: 3x faster than mixed dtypes
             torch.addcmul(shift_c, valid, scale_c, out=valid)
             pixel_mask[i, :h, :w] = 1
-        data = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
-        encoded = BatchFeature(data=data, tensor_type=None)
+        data: dict[str, Any] = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
         if map_list is not None:
             mask_labels, class_labels = [], []
             for label_map, mapping in zip(map_list, mappings):
@@ -487,37 +604,72 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
                                                            s["num_labels"], padded_size=padded)
                 mask_labels.append(masks)
                 class_labels.append(classes)
-            encoded["mask_labels"] = mask_labels
-            encoded["class_labels"] = class_labels
+            data.update(mask_labels=mask_labels, class_labels=class_labels)
+        if s["device"] is not None:
+            data = {k: [x.to(s["device"]) for x in v] if isinstance(v, list) else v.to(s["device"])
+                    for k, v in data.items()}
+        if tensor_type is None:  # transformers: one tensor per image
+            data["pixel_values"], data["pixel_mask"] = list(data["pixel_values"]), list(data["pixel_mask"])
+        encoded = BatchFeature(data={"pixel_values": data.pop("pixel_values"), "pixel_mask": data.pop("pixel_mask")},
+                               tensor_type=None if tensor_type == TensorType.PYTORCH else tensor_type)
+        encoded.update(data)  # label lists stay lists of tensors, whatever return_tensors is (as transformers')
         return encoded
 
     # -----------------------------------------------------------------------------------------
-    def post_process_semantic_segmentation(self, outputs: Any, target_sizes: Sequence[Sequence[int]] | None = None
-                                           ) -> list[Tensor]:
-        """Per image a `(height, width)` int64 map of class ids (see :func:`~maskformer_hf.inference.semantic_inference`)."""
-        return semantic_inference(*_logits(outputs, self.num_labels), target_sizes=target_sizes)
+    def post_process_semantic_segmentation(self, outputs: Any, target_sizes: Sequence[Sequence[int]] | None = None,
+                                           return_segmentation_scores: bool = False) -> list[Any]:
+        """Per image a `(height, width)` int64 map of class ids (:func:`~maskformer_hf.inference.semantic_inference`);
+        with `return_segmentation_scores`, a ``SemanticSegmentationPostProcessorOutput`` whose
+        ``segmentation_scores`` are the `(num_labels, height, width)` class scores ``sum_i p_i(c) m_i``
+        and whose ``segmentation`` is their argmax (transformers' format)."""
+        logits = _logits(outputs, self.num_labels)
+        if not return_segmentation_scores:
+            return semantic_inference(*logits, target_sizes=target_sizes)
+        return [SemanticSegmentationPostProcessorOutput(data={"segmentation": scores.argmax(0),
+                                                              "segmentation_scores": scores})
+                for scores in semantic_scores(*logits, target_sizes=target_sizes)]
 
     def post_process_instance_segmentation(self, outputs: Any, threshold: float = 0.5, mask_threshold: float = 0.5,
                                            overlap_mask_area_threshold: float = 0.8,
                                            target_sizes: Sequence[Sequence[int]] | None = None,
+                                           return_coco_annotation: bool = False,
                                            return_binary_maps: bool = False) -> list[dict[str, Any]]:
-        """Per image ``{"segmentation", "segments_info"}`` (see :func:`~maskformer_hf.inference.instance_inference`)."""
-        return instance_inference(*_logits(outputs, self.num_labels), target_sizes=target_sizes, threshold=threshold,
-                                  mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
-                                  return_binary_maps=return_binary_maps)
+        """Per image ``{"segmentation", "segments_info"}`` (see :func:`~maskformer_hf.inference.instance_inference`):
+        the paper's non-overlapping map, or with `return_binary_maps` the `(N, H, W)` stack of every
+        instance's full mask (overlaps allowed, transformers' convention: no overlap rule), or with
+        `return_coco_annotation` the same masks run-length encoded, one per ``segments_info`` entry
+        (transformers' ``binary_mask_to_rle`` format)."""
+        if return_coco_annotation and return_binary_maps:
+            raise ValueError("return_coco_annotation and return_binary_maps can not be both set to True.")
+        results = instance_inference(*_logits(outputs, self.num_labels), target_sizes=target_sizes,
+                                     threshold=threshold, mask_threshold=mask_threshold,
+                                     overlap_mask_area_threshold=overlap_mask_area_threshold,
+                                     return_binary_maps=bool(return_binary_maps or return_coco_annotation))
+        if return_coco_annotation:
+            for result in results:
+                result["segmentation"] = [binary_mask_to_rle(mask) for mask in result["segmentation"]]
+        return results
 
     def post_process_panoptic_segmentation(self, outputs: Any, threshold: float = 0.5, mask_threshold: float = 0.5,
                                            overlap_mask_area_threshold: float = 0.8,
                                            label_ids_to_fuse: Iterable[int] | None = None,
                                            target_sizes: Sequence[Sequence[int]] | None = None) -> list[dict[str, Any]]:
         """Per image ``{"segmentation", "segments_info"}`` (see :func:`~maskformer_hf.inference.panoptic_inference`).
-        `label_ids_to_fuse` defaults to the processor's ``label_ids_to_fuse``."""
+        `label_ids_to_fuse` defaults to the processor's ``label_ids_to_fuse``; ids that the model's
+        classes do not include fuse nothing (with a warning), as in transformers."""
         if label_ids_to_fuse is None:
             label_ids_to_fuse = self.label_ids_to_fuse
-        return panoptic_inference(*_logits(outputs, self.num_labels), target_sizes=target_sizes, threshold=threshold,
+        logits = _logits(outputs, self.num_labels)
+        num_labels = logits[0].shape[-1] - 1 if isinstance(logits[0], Tensor) and logits[0].ndim else None
+        if label_ids_to_fuse is not None and num_labels is not None:
+            fuse = {int(c) for c in label_ids_to_fuse}
+            if any(not 0 <= c < num_labels for c in fuse):
+                _warn_once(f"label_ids_to_fuse: ids {sorted(c for c in fuse if not 0 <= c < num_labels)} are not "
+                           f"classes of this model ({num_labels}); they fuse nothing")
+                label_ids_to_fuse = sorted(c for c in fuse if 0 <= c < num_labels)
+        return panoptic_inference(*logits, target_sizes=target_sizes, threshold=threshold,
                                   mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
                                   label_ids_to_fuse=label_ids_to_fuse)
-
 
     def segment_sliding_window(self, model: Any, images: Any, crop: int | Sequence[int], stride: int | Sequence[int],
                                task: str | Sequence[str] = "semantic", threshold: float = 0.5,
@@ -531,7 +683,7 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
         (:func:`~maskformer_hf.sliding_window.sliding_window_inference`, docs/inference.md). Results
         are what ``post_process_<task>_segmentation`` returns, at `target_sizes` (default: each
         image's own size); `label_ids_to_fuse` defaults to the processor's."""
-        image_list = _as_list(images, 3)
+        image_list = _image_list(images)
         if target_sizes is None:
             target_sizes = [tuple(_image_to_tensor(image, i).shape[-2:]) for i, image in enumerate(image_list)]
         inputs = self.preprocess(image_list, **overrides)
@@ -610,28 +762,114 @@ def shortest_edge_size(shortest_edge: int) -> dict[str, int]:
 
 def resize_output_size(height: int, width: int, size: Mapping[str, int], size_divisor: int = 0) -> tuple[int, int]:
     """Output `(height, width)` for an image of `(height, width)`: shortest edge (capped by the
-    longest edge; each side at least 1) or a fixed size, then rounded up to a multiple of `size_divisor`."""
+    longest edge; each side at least 1), within ``max_height`` x ``max_width`` (aspect kept, as
+    transformers), or a fixed size; then rounded up to a multiple of `size_divisor`."""
     if "shortest_edge" in size:
         new_h, new_w = get_size_with_aspect_ratio((height, width), size["shortest_edge"], size.get("longest_edge"))
-        new_h, new_w = max(1, new_h), max(1, new_w)  # an extreme aspect (10000x8) under a longest edge: 1 px, not 0
+    elif "max_height" in size:
+        new_h, new_w = get_image_size_for_max_height_width((height, width), size["max_height"], size["max_width"])
     else:
         new_h, new_w = size["height"], size["width"]
+    new_h, new_w = max(1, new_h), max(1, new_w)  # an extreme aspect (10000x8) under a longest edge: 1 px, not 0
     if size_divisor:
         new_h, new_w = -(-new_h // size_divisor) * size_divisor, -(-new_w // size_divisor) * size_divisor
     return int(new_h), int(new_w)
 
 
-def _size_dict(size: Mapping[str, int] | int | Any, max_size: int | None) -> dict[str, int]:
-    if isinstance(size, int):
-        size = {"shortest_edge": size}
+_SIZE_KEYS = ({"shortest_edge"}, {"shortest_edge", "longest_edge"}, {"max_height", "max_width"}, {"height", "width"})
+
+
+def _size_dict(size: Mapping[str, int] | int | Sequence[int] | Any, max_size: int | None,
+               default_to_square: bool = False) -> dict[str, int]:
+    """``size`` in any of transformers' forms (dict, ``SizeDict``, an int: shortest edge, or a square
+    with `default_to_square`; a `(height, width)` pair) as a dict of ints."""
+    if isinstance(size, SizeDict):
+        size = dict(size)
+    elif isinstance(size, (int, np.integer, list, tuple)):
+        size = get_size_dict(int(size) if isinstance(size, (int, np.integer)) else tuple(size), max_size=max_size,
+                             default_to_square=default_to_square)
+    elif not isinstance(size, Mapping):
+        raise ValueError(f"size: expected a dict, an int or a (height, width) pair, got {size!r}")
     size = {k: int(v) for k, v in dict(size).items() if v is not None}
     if max_size is not None and "shortest_edge" in size:
         size.setdefault("longest_edge", int(max_size))
-    if set(size) not in ({"shortest_edge"}, {"shortest_edge", "longest_edge"}, {"height", "width"}):
-        raise ValueError(f"size: expected {{'shortest_edge'[, 'longest_edge']}} or {{'height', 'width'}}, got {size}")
+    if set(size) not in _SIZE_KEYS:
+        raise ValueError(f"size: expected {{'shortest_edge'[, 'longest_edge']}}, {{'max_height', 'max_width'}} or "
+                         f"{{'height', 'width'}}, got {size}")
     if min(size.values()) < 1:
         raise ValueError(f"size: expected positive sizes, got {size}")
     return size
+
+
+def _pad_size(pad_size: Mapping[str, int] | SizeDict | Any) -> dict[str, int]:
+    """``pad_size`` as ``{"height", "width"}`` ints (a dict, ``SizeDict``, an int or a pair, as in transformers)."""
+    if isinstance(pad_size, SizeDict):
+        pad_size = dict(pad_size)
+    elif not isinstance(pad_size, Mapping):
+        pad_size = get_size_dict(pad_size, param_name="pad_size")
+    pad_size = {k: int(v) for k, v in dict(pad_size).items() if v is not None}
+    if set(pad_size) != {"height", "width"} or min(pad_size.values()) < 1:
+        raise ValueError(f"pad_size: expected {{'height', 'width'}} of positive ints, got {pad_size}")
+    return pad_size
+
+
+def _resample(value: Any) -> PILImageResampling:
+    """A ``resample`` setting (PIL filter, its int, or a torchvision ``InterpolationMode``) as a PIL filter
+    transformers' torchvision backend can resize with."""
+    if isinstance(value, tvF.InterpolationMode):
+        value = torch_pil_interpolation_mapping.get(value, value)
+    try:
+        value = PILImageResampling(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"resample: expected a PILImageResampling filter or InterpolationMode, got {value!r}"
+                         ) from None
+    if value not in _RESAMPLE:
+        raise ValueError(f"resample: expected NEAREST, BILINEAR, BICUBIC or LANCZOS (torchvision has no {value.name} "
+                         f"kernel for tensors), got {value!r}")
+    return value
+
+
+def _interpolation(resample: PILImageResampling, device: torch.device) -> tvF.InterpolationMode:
+    mode = _RESAMPLE[resample]
+    if mode == tvF.InterpolationMode.LANCZOS and (device.type != "cpu" or not is_torchvision_greater_or_equal("0.27")):
+        _warn_once("resample=LANCZOS needs torchvision >= 0.27 and CPU tensors; using BICUBIC, as transformers does")
+        return tvF.InterpolationMode.BICUBIC
+    return mode
+
+
+def _statistic(value: float | Sequence[float], name: str) -> float | list[float]:
+    """``image_mean`` / ``image_std``: one value for every channel, or one per channel."""
+    values = [float(value)] if isinstance(value, (int, float, np.number)) else [float(v) for v in value]
+    if not values or (name == "image_std" and min(values) <= 0):
+        raise ValueError(f"{name}: expected a number or one number per channel{' (> 0)' if 'std' in name else ''}, "
+                         f"got {value!r}")
+    return values[0] if isinstance(value, (int, float, np.number)) else values
+
+
+def _channels(mean: float | list[float], std: float | list[float]) -> int | None:
+    """The channel count that ``image_mean`` and ``image_std`` describe (None: any)."""
+    counts = {len(v) for v in (mean, std) if isinstance(v, list)}
+    if len(counts) > 1:
+        raise ValueError(f"image_mean/image_std: expected as many values, got {mean} / {std}")
+    return counts.pop() if counts else None
+
+
+def _channel_dimension(value: Any, name: str) -> ChannelDimension:
+    try:
+        return ChannelDimension(value.value if isinstance(value, ChannelDimension) else value)
+    except ValueError:
+        raise ValueError(f"{name}: expected 'channels_first' or 'channels_last' (ChannelDimension), got {value!r}"
+                         ) from None
+
+
+def _tensor_type(value: Any) -> TensorType:
+    try:
+        tensor_type = TensorType(value.value if isinstance(value, TensorType) else value)
+    except ValueError:
+        tensor_type = None
+    if tensor_type not in (TensorType.PYTORCH, TensorType.NUMPY):
+        raise ValueError(f"return_tensors: expected 'pt', 'np' or None, got {value!r}")
+    return tensor_type
 
 
 def _per_image(mapping: Any, count: int) -> list[Mapping[int, int] | None]:
@@ -644,9 +882,9 @@ def _per_image(mapping: Any, count: int) -> list[Mapping[int, int] | None]:
 
 
 def _logits(outputs: Any, num_labels: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(class logits, mask logits, pixel mask or None) from a model output or a dict; with
-    `num_labels`, the class logits must have ``num_labels + 1`` entries (the model the processor
-    was made for)."""
+    """(class logits, mask logits, pixel mask or None) from a model output or a dict. Logits whose
+    class count differs from the processor's `num_labels` + 1 are post-processed all the same, as
+    transformers does (post-processing needs no `num_labels`), with a warning."""
     def get(name: str) -> Any:
         if isinstance(outputs, Mapping):
             return outputs.get(name)
@@ -656,8 +894,9 @@ def _logits(outputs: Any, num_labels: int | None = None) -> tuple[Tensor, Tensor
     if class_logits is None or mask_logits is None:
         raise ValueError("outputs: expected class_queries_logits and masks_queries_logits (a MaskFormer output), "
                          f"got {type(outputs).__name__}")
-    if num_labels is not None and isinstance(class_logits, Tensor) and class_logits.shape[-1] != num_labels + 1:
-        raise ValueError(f"class_queries_logits: this processor has num_labels={num_labels}, so expected "
-                         f"{num_labels + 1} classes (with no-object), got {class_logits.shape[-1]}; is it the model's "
-                         "processor?")
+    if num_labels is not None and isinstance(class_logits, Tensor) and class_logits.ndim and \
+            class_logits.shape[-1] != num_labels + 1:
+        _warn_once(f"class_queries_logits: {class_logits.shape[-1]} classes (with no-object), where this processor's "
+                   f"num_labels={num_labels} expects {num_labels + 1}; post-processing uses the logits' "
+                   f"{class_logits.shape[-1] - 1} classes (is it the model's processor?)")
     return class_logits, mask_logits, get("pixel_mask")

@@ -207,8 +207,8 @@ def panoptic_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
         order = torch.argsort((~keep).int(), dim=1, stable=True)[:, : int(count.max())]  # kept queries first
         probs, valid = _gather_queries(masks_queries_logits, index, order, count, crop)
         kept_scores = scores[index].gather(1, order).masked_fill(~valid, 1.0)
-        assignment, areas, keep, _ = _compete(probs, res, kept_scores, None, mask_threshold,
-                                              overlap_mask_area_threshold, strict=False)
+        assignment, areas, keep = _compete(probs, res, kept_scores, None, mask_threshold,
+                                           overlap_mask_area_threshold, strict=False)
         alive = (valid & (areas > 0) & keep).tolist()
         kept_labels, score_lists = labels[index].gather(1, order).tolist(), kept_scores.tolist()
         luts, infos = [], []
@@ -246,15 +246,20 @@ def instance_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
 
     The `Q` best (query, class) pairs by class probability become candidates; a candidate's mask is
     ``m_i > mask_threshold`` and its score is class probability x mean mask probability inside its
-    mask (at mask resolution); candidates scoring `>= threshold` are kept, best first. A pixel
-    belongs to the kept instance maximising ``score_i * m_i`` among those whose mask covers it; an
-    instance whose visible area is below `overlap_mask_area_threshold` of its own mask is dropped.
+    mask (at mask resolution); candidates scoring `>= threshold` are kept, best first.
+
+    * The map (default): a pixel belongs to the kept instance maximising ``score_i * m_i`` among
+      those whose mask covers it; an instance whose visible area is below
+      `overlap_mask_area_threshold` of its own mask is dropped.
+    * `return_binary_maps`: every kept candidate whose mask is non-empty at the target size, with
+      its full mask; no overlap rule (masks may overlap, as mask AP wants them; transformers'
+      convention), so `overlap_mask_area_threshold` plays no part.
 
     Returns:
         per image ``{"segmentation", "segments_info": [{"id", "label_id", "was_fused", "score"}]}``:
         ``segmentation`` is a `(height, width)` int32 map (-1 = background, instances from 0 in
         decreasing score), or with `return_binary_maps` a `(num_instances, height, width)` float
-        stack of each instance's full mask.
+        stack of each instance's full mask (instances in decreasing score).
     """
     _check_thresholds(threshold, mask_threshold, overlap_mask_area_threshold)
     num_queries, num_labels = class_queries_logits.shape[1], class_queries_logits.shape[-1] - 1
@@ -287,16 +292,16 @@ def instance_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
         probs = probs[torch.arange(len(index), device=order.device)[:, None], order]
         probs = probs.masked_fill(~valid[:, :, None, None], -1.0)  # padding: never on, never a winner
         score, label = score.gather(1, order).masked_fill(~valid, 1.0), label.gather(1, order)
-        assignment, _, keep, maps = _compete(probs, res, score, mask_threshold, mask_threshold,
-                                             overlap_mask_area_threshold, strict=True)
-        alive = valid & keep
-        ids = torch.cumsum(alive.int(), 1) - 1
-        lut = torch.where(alive, ids, torch.full_like(ids, -1)).int()
-        binary_maps = None
-        if return_binary_maps:
-            binary_maps = (resampled_above(maps, res, mask_threshold) if maps is not None
-                           else dense_above(probs, res, mask_threshold))
-        segmentation = None if return_binary_maps else assignment.paint(res, lut, fill=-1)
+        if return_binary_maps:  # each candidate's own mask, no competition
+            binary_maps = (dense_above(probs, res, mask_threshold) if prefers_dense(*probs.shape[:2], res)
+                           else resampled_above(CellMaps(probs), res, mask_threshold))  # (G, k, T_h, T_w) bool
+            alive = valid & binary_maps.flatten(2).any(2)
+        else:
+            assignment, _, keep = _compete(probs, res, score, mask_threshold, mask_threshold,
+                                           overlap_mask_area_threshold, strict=True)
+            alive = valid & keep
+            ids = torch.cumsum(alive.int(), 1) - 1
+            segmentation = assignment.paint(res, torch.where(alive, ids, torch.full_like(ids, -1)).int(), fill=-1)
         for j, i in enumerate(index.tolist()):
             segments = [{"id": k, "label_id": c, "was_fused": False, "score": round(p, 6)}
                         for k, (c, p) in enumerate(zip(label[j][alive[j]].tolist(), score[j][alive[j]].tolist()))]
@@ -306,7 +311,7 @@ def instance_inference(class_queries_logits: Tensor, masks_queries_logits: Tenso
 
 
 def _compete(probs: Tensor, res: Resampling, weights: Tensor, on_threshold: float | None, mask_threshold: float,
-             overlap: float, strict: bool) -> tuple[Assignment, Tensor, Tensor, CellMaps | None]:
+             overlap: float, strict: bool) -> tuple[Assignment, Tensor, Tensor]:
     """Each pixel to the channel maximising `weights * probs` (only where `probs > on_threshold`
     when given), and which channels keep their segment by the overlap rule: per-cell bounds where
     they settle most pixels, else every pixel (chosen by the bounds' own count of what is left).
@@ -314,7 +319,7 @@ def _compete(probs: Tensor, res: Resampling, weights: Tensor, on_threshold: floa
     Args:
         probs: `(G, k, n, m)` mask probabilities (padding channels -1); weights: `(G, k)`.
     Returns:
-        `(assignment, areas (G, k) pixels won, keep (G, k) bool, cell maps or None when dense)`.
+        `(assignment, areas (G, k) pixels won, keep (G, k) bool)`.
     """
     maps = assignment = None
     if not prefers_dense(probs.shape[0], probs.shape[1], res):
@@ -324,9 +329,9 @@ def _compete(probs: Tensor, res: Resampling, weights: Tensor, on_threshold: floa
         assignment, own = dense_argmax(probs, res, weights=weights, on_threshold=on_threshold,
                                        count_threshold=mask_threshold, strict=strict)
         areas = assignment.areas(res, probs.shape[1])
-        return assignment, areas, overlap_keep(areas, own, overlap), None
+        return assignment, areas, overlap_keep(areas, own, overlap)
     areas = assignment.areas(res, probs.shape[1])
-    return assignment, areas, keep_by_overlap(maps, res, areas, mask_threshold, overlap, strict=strict), maps
+    return assignment, areas, keep_by_overlap(maps, res, areas, mask_threshold, overlap, strict=strict)
 
 
 def _check_thresholds(threshold: float, mask_threshold: float, overlap: float) -> None:
