@@ -11,6 +11,16 @@ oneDNN's speed on AMD processors (measured on a Zen 5 EPYC with the shapes of Sw
 ~400 GFLOP/s forward, ~180 against ~370 forward + backward). A linear layer over rows is a 1x1
 convolution over a channels-last view of the same memory, so nothing is copied; the result is the
 same fp32 (or bf16 under autocast) product up to summation order.
+
+:func:`is_plain` tells when a module may be computed another way than by calling it (a product
+through :func:`linear`, q/k/v fused into one product, a projection folded into mask embeddings): only
+when calling it would run exactly its class's own ``forward`` on its own tensors. Anything that
+replaces or wraps a layer (a PEFT adapter, ``torch.ao`` / bitsandbytes / torchao quantisation, a
+parametrization, accelerate's offloading hooks) or listens to it (forward and backward hooks) makes
+it not plain, and the module is then called as it is: a fast kernel never goes around a module that
+someone else has changed. (An ``nn.Linear`` subclass running :func:`linear` in its ``forward`` would
+not do: ``torch.ao.quantization.quantize_dynamic(model, {nn.Linear})`` matches exact types and would
+silently leave such layers in fp32.)
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+import torch.nn.modules.module as module_hooks
+from torch import Tensor, nn
+from torch._subclasses import FakeTensor
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +59,37 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     image = x.reshape(1, rows, 1, in_features).permute(0, 3, 1, 2)
     out = F.conv2d(image, weight[:, :, None, None], bias)  # (1, N, rows, 1), channels-last as a rule
     return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0]).contiguous()
+
+
+_PLAIN_TENSORS = (Tensor, nn.Parameter, FakeTensor)  # FakeTensor: the parameters seen by torch.export
+
+
+def is_plain(module: nn.Module, cls: type[nn.Module]) -> bool:
+    """Whether ``module(x)`` is exactly ``cls.forward(module, x)`` on ordinary tensors, so that a caller may
+    compute the same function another way from ``module.weight`` and ``module.bias``.
+
+    True when ``module``'s type is ``cls`` itself (not a subclass: PEFT's LoRA layers, ``torch.ao``'s and
+    bitsandbytes' quantised layers and parametrized modules all change the type), no forward or backward
+    hook (its own or a global one) would run, ``forward`` is not replaced on the instance (accelerate's
+    offloading hooks do that) and its parameters are plain tensors (not quantised or distributed tensor
+    subclasses such as torchao's or DTensor). A cheap test: a few dictionary and type look-ups.
+    """
+    if type(module) is not cls or "forward" in module.__dict__:
+        return False
+    if (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+            or module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+            or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks):
+        return False
+    return all(p is None or type(p) in _PLAIN_TENSORS for p in module._parameters.values())
+
+
+def linear_layer(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` for a linear layer, `(..., K)` -> `(..., N)`: through :func:`linear` (oneDNN on x86 CPUs)
+    when ``layer`` is a plain ``nn.Linear`` (:func:`is_plain`), else by calling it, so that whatever
+    replaced or wraps it (a LoRA adapter, a quantised layer, hooks) runs as it is."""
+    if is_plain(layer, nn.Linear):
+        return linear(x, layer.weight, layer.bias)
+    return layer(x)
 
 
 def tracing() -> bool:

@@ -10,8 +10,8 @@
 fp32               the eager model (``torch.inference_mode``)
 bf16               the eager model under ``torch.autocast("cpu", dtype=torch.bfloat16)``; only where
                    the CPU has native bf16 (:func:`~maskformer_hf.precision.cpu_supports_bf16`)
-int8               ``torch.ao`` dynamic int8 quantisation of the ``nn.Linear`` layers of the
-                   transformer module and the heads (the backbone's fused projections stay fp32)
+int8               ``torch.ao`` dynamic int8 quantisation of every ``nn.Linear`` layer: the transformer
+                   module, the heads and a Swin backbone's projections (convolutions stay fp32)
 compile            ``torch.compile`` of the eager model (30-40 s of compilation per process and size here)
 onnxruntime        the exported ONNX graph (:mod:`maskformer_hf.export`) in ONNX Runtime, all graph
                    optimisations on
@@ -95,22 +95,18 @@ def _eager_runner(model: nn.Module, autocast: bool = False) -> Callable[[Tensor,
 
 
 def _int8_model(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose transformer-module and head ``nn.Linear`` layers are dynamic int8."""
+    """A copy of `model` whose ``nn.Linear`` layers are ``torch.ao`` dynamic int8 (weights int8, activations
+    quantised per call): the transformer module, the heads and, in a Swin backbone, every projection
+    (called as modules, :func:`maskformer_hf.ops.is_plain`). Swin-T at 512 x 512 on a 2-core AVX2 EPYC:
+    1.11 s against 1.27 s in fp32 (the decoder and heads alone: no gain), mask logits within 4 % of
+    fp32's range on random weights; ``mode="auto"`` keeps it only where it agrees with fp32."""
     import copy
     import warnings
 
     quantized = copy.deepcopy(model).eval()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        def quantize(module: nn.Module) -> nn.Module:
-            return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
-
-        quantized.model.transformer_module = quantize(quantized.model.transformer_module)
-        quantized.class_predictor = quantize(nn.Sequential(quantized.class_predictor))[0]
-        quantized.mask_embedder = quantize(quantized.mask_embedder)
-        if getattr(quantized, "pooled_class_predictor", None) is not None:
-            quantized.pooled_class_predictor = quantize(nn.Sequential(quantized.pooled_class_predictor))[0]
-    return quantized
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+        return torch.ao.quantization.quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 class _GraphRunner:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ops import is_plain
+
 
 def masked_group_norm(x: Tensor, norm: nn.GroupNorm, mask: Tensor | None) -> Tensor:
     """GroupNorm whose statistics ignore padded positions.
@@ -101,12 +103,28 @@ class MaskFormerPixelDecoder(nn.Module):
         return fpn_maps
 
 
+def foldable(projection: nn.Module) -> bool:
+    """Whether ``projection(x)`` is exactly ``F.conv2d(x, projection.weight, projection.bias,
+    padding=projection.padding)``, so that its weights may be folded into mask embeddings: a plain
+    ``nn.Conv2d`` (:func:`maskformer_hf.ops.is_plain`: no LoRA adapter, hook or quantiser on it) with
+    stride 1, no dilation, one group and zero padding given as numbers. Otherwise the callers call it."""
+    return (is_plain(projection, nn.Conv2d) and projection.stride == (1, 1) and projection.dilation == (1, 1)
+            and projection.groups == 1 and projection.padding_mode == "zeros" and isinstance(projection.padding, tuple))
+
+
+def projected_mask_logits(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn.Module) -> Tensor:
+    """The textbook rule, ``einsum(E_mask, projection(fpn_map))``: `(batch_size, num_layers, num_queries, C_E)`,
+    `(batch_size, feature_size, H, W)` -> `(batch_size, num_layers, num_queries, H, W)`."""
+    return torch.einsum("blqc,bchw->blqhw", mask_embeddings, projection(fpn_map))
+
+
 def mask_logits(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn.Conv2d) -> Tensor:
     """Mask logits ``m[b, q] = E_mask[b, q] . E_pixel[b]`` with ``E_pixel = projection(fpn_map)``.
 
-    When fewer masks than embedding channels are wanted (``L * Q < C_E``), the projection is folded
-    into the per-mask embeddings: a 3x3 convolution with ``Q`` outputs per image instead of ``C_E``,
-    the same numbers (up to float rounding) for a fraction of the compute.
+    When fewer masks than embedding channels are wanted (``L * Q < C_E``) and the projection is a plain
+    convolution (:func:`foldable`), it is folded into the per-mask embeddings: a 3x3 convolution with
+    ``Q`` outputs per image instead of ``C_E``, the same numbers (up to float rounding) for a fraction of
+    the compute. A projection carrying a LoRA adapter or a hook is called (:func:`projected_mask_logits`).
 
     Args:
         mask_embeddings: `(batch_size, num_layers, num_queries, C_E)`.
@@ -118,16 +136,15 @@ def mask_logits(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn.Conv2d)
     """
     batch_size, num_layers, num_queries, channels = mask_embeddings.shape
     height, width = fpn_map.shape[-2:]
-    if num_layers * num_queries >= channels:
-        pixel_embeddings = projection(fpn_map)  # (B, C_E, H, W)
-        return torch.einsum("blqc,bchw->blqhw", mask_embeddings, pixel_embeddings)
+    if num_layers * num_queries >= channels or not foldable(projection):
+        return projected_mask_logits(mask_embeddings, fpn_map, projection)
     embeddings = mask_embeddings.reshape(batch_size, num_layers * num_queries, channels)
     weight = torch.einsum("bnc,cdij->bndij", embeddings, projection.weight)  # (B, L*Q, C_in, 3, 3)
-    bias = embeddings @ projection.bias  # (B, L*Q)
+    bias = None if projection.bias is None else embeddings @ projection.bias  # (B, L*Q)
     logits = F.conv2d(
         fpn_map.reshape(1, batch_size * fpn_map.shape[1], height, width),
         weight.reshape(batch_size * num_layers * num_queries, *weight.shape[2:]),
-        bias.reshape(-1),
+        None if bias is None else bias.reshape(-1),
         padding=projection.padding,
         groups=batch_size,
     )
@@ -139,6 +156,8 @@ def mask_logits_by_taps(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn
     batched matrix product per kernel tap, over shifted views of the padded map: no grouped
     convolution whose group count is the batch size, so the graph stays valid for any batch size
     (ONNX, TorchScript and ``torch.export`` with a dynamic batch). Same numbers up to float rounding.
+    A projection that is not a plain "same" convolution (:func:`foldable`: a LoRA adapter, a hook) is
+    called instead (:func:`projected_mask_logits`, also valid for any batch size).
 
     Args:
         mask_embeddings: `(batch_size, num_layers, num_queries, C_E)`.
@@ -150,11 +169,14 @@ def mask_logits_by_taps(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn
     """
     batch_size, num_layers, num_queries, channels = mask_embeddings.shape
     height, width = fpn_map.shape[-2:]
+    if not (foldable(projection) and projection.padding == tuple(k // 2 for k in projection.kernel_size)
+            and all(k % 2 for k in projection.kernel_size)):
+        return projected_mask_logits(mask_embeddings, fpn_map, projection)
     kernel_h, kernel_w = projection.kernel_size
     pad_h, pad_w = projection.padding
     embeddings = mask_embeddings.reshape(batch_size, num_layers * num_queries, channels)
     weight = torch.einsum("bnc,cdij->ijbnd", embeddings, projection.weight)  # (k_h, k_w, B, N, C_in)
-    bias = embeddings @ projection.bias  # (B, N)
+    bias = embeddings @ projection.bias if projection.bias is not None else embeddings.new_zeros(embeddings.shape[:2])
     # On the padded grid flattened row by row, tap (i, j) of output position p reads input p + i * row + j:
     # each tap is one contiguous slice; the output carries 2 * pad_w junk columns per row, cut at the end.
     row = width + 2 * pad_w
@@ -175,9 +197,10 @@ def matched_mask_logits(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn
 
     Only matched masks receive a gradient, so the loss recomputes just those: per image, the
     projection is folded into the selected embeddings (a 3x3 convolution with ``M_b`` outputs) when
-    that is cheaper than back-propagating through the full `C_E`-channel projection, which is used
-    otherwise. Same numbers as indexing :func:`mask_logits` (up to float rounding); much less
-    backward work, since the full logits need no gradient.
+    that is cheaper than back-propagating through the full `C_E`-channel projection and the projection
+    is a plain convolution (:func:`foldable`); otherwise the projection is called (so a LoRA adapter on
+    it gets its gradient). Same numbers as indexing :func:`mask_logits` (up to float rounding); much
+    less backward work, since the full logits need no gradient.
 
     Args:
         mask_embeddings: `(batch_size, num_layers, num_queries, C_E)`.
@@ -189,14 +212,16 @@ def matched_mask_logits(mask_embeddings: Tensor, fpn_map: Tensor, projection: nn
         `(M, H, W)`, row i for the i-th triple.
     """
     channels = mask_embeddings.shape[-1]
+    fold = foldable(projection)
     parts, order = [], []
     for b in image_index.unique().tolist():
         rows = (image_index == b).nonzero()[:, 0]
         embeddings = mask_embeddings[b, layer_index[rows], query_index[rows]]  # (M_b, C_E)
         # Folded: ~3 M_b convolution channels forward + backward; unfolded: backward of C_E channels x 2.
-        if 3 * rows.numel() < 2 * channels:
+        if fold and 3 * rows.numel() < 2 * channels:
             weight = torch.einsum("mc,cdij->mdij", embeddings, projection.weight)  # (M_b, C_in, 3, 3)
-            logits = F.conv2d(fpn_map[b : b + 1], weight, embeddings @ projection.bias, padding=projection.padding)[0]
+            bias = None if projection.bias is None else embeddings @ projection.bias  # (M_b,)
+            logits = F.conv2d(fpn_map[b : b + 1], weight, bias, padding=projection.padding)[0]
         else:
             logits = torch.einsum("mc,chw->mhw", embeddings, projection(fpn_map[b : b + 1])[0])
         parts.append(logits)
