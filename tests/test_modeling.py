@@ -23,7 +23,8 @@ def test_output_shapes(model):
     for aux in out.auxiliary_logits:
         assert aux["class_queries_logits"].shape == (2, 8, 5)
         assert aux["masks_queries_logits"].shape == (2, 8, 24, 40)
-    assert out.loss is None and out.pixel_decoder_last_hidden_state is None and out.hidden_states is None
+    assert out.loss is None and out.hidden_states is None and out.attentions is None
+    assert out.pixel_decoder_last_hidden_state.shape == (2, 32, 24, 40)  # always returned, as in transformers
     assert out.transformer_decoder_last_hidden_state.shape == (2, 8, 64)
 
 
@@ -38,7 +39,7 @@ def test_default_config_has_five_auxiliary_outputs():
 
 
 def test_hidden_states_and_folded_projection_agree(model):
-    """The folded mask projection gives the same logits as E_mask . (projection(F))."""
+    """The masks are E_mask . E_pixel, with or without hidden states (and as the folded projection gives)."""
     pixel_values = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         plain = model(pixel_values, output_hidden_states=True, output_auxiliary_logits=False)
@@ -50,6 +51,9 @@ def test_hidden_states_and_folded_projection_agree(model):
     expected = torch.einsum("bqc,bchw->bqhw", model.mask_embedder(plain.transformer_decoder_last_hidden_state),
                             plain.pixel_decoder_last_hidden_state)
     torch.testing.assert_close(folded.masks_queries_logits, expected, atol=1e-4, rtol=1e-4)
+    folded_logits = mask_logits(model.mask_embedder(plain.transformer_decoder_last_hidden_state)[:, None],
+                                plain.pixel_decoder_hidden_states[-1], model.model.pixel_decoder.mask_projection)
+    torch.testing.assert_close(folded.masks_queries_logits, folded_logits[:, 0], atol=1e-4, rtol=1e-4)
 
 
 def test_mask_logits_both_paths():
@@ -180,8 +184,6 @@ def test_bad_inputs_raise(model):
         model(torch.randn(1, 3, 64, 64), pixel_mask=torch.ones(1, 32, 32))
     with pytest.raises(ValueError, match="valid"):
         model(torch.randn(2, 3, 64, 64), pixel_mask=torch.stack([torch.ones(64, 64), torch.zeros(64, 64)]))
-    with pytest.raises(ValueError, match="output_attentions"):
-        model(torch.randn(1, 3, 64, 64), output_attentions=True)
 
 
 def test_timm_backbone_without_stride_4_is_rejected():

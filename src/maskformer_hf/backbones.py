@@ -10,7 +10,9 @@ Two routes, chosen by the config:
   our own :class:`~maskformer_hf.modeling_maskformer_swin.MaskFormerSwinBackbone` instead: the same
   parameters and function as transformers' module, faster to train on a CPU.
 
-Construction never touches the network unless ``config.use_pretrained_backbone`` is set.
+Construction never touches the network unless ``config.use_pretrained_backbone`` is set; it works
+under ``torch.device("meta")``, and :meth:`MaskFormerBackbone.init_body` initialises the body again
+(for transformers' ``init_weights()`` after ``to_empty``, and for weights a checkpoint lacks).
 
 Padded batches: a backbone cannot be told which pixels are padding, so an image padded inside a
 batch would otherwise see the padding through its receptive field (and, for Swin, through its
@@ -38,10 +40,11 @@ logger = logging.getLogger(__name__)
 STRIDES = (4, 8, 16, 32)
 
 
-def _build_timm(config: MaskFormerConfig) -> nn.Module:
+def _build_timm(config: MaskFormerConfig, pretrained: bool | None = None) -> nn.Module:
     import timm
 
-    kwargs = dict(features_only=True, pretrained=config.use_pretrained_backbone, **config.backbone_kwargs)
+    pretrained = config.use_pretrained_backbone if pretrained is None else pretrained
+    kwargs = dict(features_only=True, pretrained=pretrained, **config.backbone_kwargs)
     if ":" not in config.backbone and not timm.is_model(config.backbone):  # hf-hub:/local-dir: names load a config
         raise ValueError(f"backbone: {config.backbone!r} is not a timm model name (e.g. 'resnet50', "
                          f"'swin_tiny_patch4_window7_224'); set backbone_config for a transformers backbone")
@@ -83,6 +86,12 @@ def _build_transformers(config: MaskFormerConfig) -> nn.Module:
             _load_swin_imagenet_weights(body, config.backbone)
             _mark_initialised(body)
         return body
+    backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(backbone_config)] \
+        if type(backbone_config) in MODEL_FOR_BACKBONE_MAPPING else None
+    if backbone_config._attn_implementation == "sdpa" and not getattr(backbone_class, "_supports_sdpa", False):
+        # "sdpa" asked of the whole model (transformers hands it to the sub-configs): a backbone without
+        # it (a ResNet has no attention at all) takes its own default rather than failing to build.
+        backbone_config._attn_implementation = None
     if not config.use_pretrained_backbone:
         body = AutoBackbone.from_config(backbone_config)
     elif backbone_config.model_type == "maskformer-swin":
@@ -91,8 +100,8 @@ def _build_transformers(config: MaskFormerConfig) -> nn.Module:
         _mark_initialised(body)
     else:
         # The concrete class: AutoBackbone.from_pretrained asks the Hub even for a local folder.
-        backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(backbone_config)]
-        body = backbone_class.from_pretrained(config.backbone, out_features=backbone_config.out_features)
+        body = backbone_class.from_pretrained(config.backbone, out_features=backbone_config.out_features,
+                                              attn_implementation=backbone_config._attn_implementation)
         _mark_initialised(body)
     if backbone_config.model_type == "maskformer-swin":
         # Its classification-head LayerNorm feeds nothing MaskFormer uses; a parameter without a
@@ -131,6 +140,7 @@ class MaskFormerBackbone(nn.Module):
             self._channels_last = False
         else:
             self.body = _build_timm(config)
+            self._timm_config = config  # to build a fresh body in init_body
             reductions = list(self.body.feature_info.reduction())
             self._indices = []
             for stride in STRIDES:
@@ -145,6 +155,33 @@ class MaskFormerBackbone(nn.Module):
             self._channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         if len(self.channels) != 4:
             raise ValueError(f"backbone: expected 4 feature maps (strides 4..32), the backbone gives {len(self.channels)}")
+
+    @torch.no_grad()
+    def init_body(self, modules: list[nn.Module] | None = None) -> None:
+        """Initialise the body's ``modules`` (default: all) again as the body was built: randomly, never
+        with ImageNet weights, buffers included; what transformers' ``init_weights()`` needs after
+        ``to_empty`` and loading needs for weights a checkpoint lacks.
+
+        A timm body takes those modules' parameters and buffers from a fresh timm model of the same
+        name; our MaskFormer-Swin applies its own scheme (and rebuilds its index buffers). A transformers
+        body is a ``PreTrainedModel`` that transformers initialises itself: left alone. Tensors marked as
+        loaded (``_is_hf_initialized``) are kept.
+        """
+        modules = list(self.body.modules()) if modules is None else modules
+        if isinstance(self.body, MaskFormerSwinBackbone):
+            for module in modules:
+                if callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+                self.body._init_weights(module)
+        elif getattr(self, "_timm_config", None) is not None and modules:
+            fresh = dict(_build_timm(self._timm_config, pretrained=False).named_modules())
+            names = {id(module): name for name, module in self.body.named_modules()}
+            for module in modules:
+                source = fresh[names[id(module)]]
+                tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+                for name, tensor in tensors:
+                    if tensor is not None and not getattr(tensor, "_is_hf_initialized", False):
+                        tensor.copy_(getattr(source, name))
 
     def _features(self, pixel_values: Tensor) -> list[Tensor]:
         outputs = self.body(pixel_values)

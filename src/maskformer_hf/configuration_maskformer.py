@@ -9,10 +9,12 @@ same, so values carry over one to one when a transformers checkpoint is converte
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 from .transformer_decoder import ACTIVATIONS
 
@@ -87,6 +89,43 @@ def _backbone_config_from(value: dict | PretrainedConfig | None) -> PretrainedCo
     return config
 
 
+# transformers' MaskFormer builds its transformer from a DETR config (``decoder_config``); these of its
+# fields give ours (DETR name -> ours). It builds only DETR's decoder, so a DETR config's encoder_*
+# fields build nothing there, and nothing here (our encoder_layers come from our own field). Its
+# init_std / init_xavier_std initialise only that decoder; the MaskFormer config's own fields of the
+# same names are the ones ours keep.
+DETR_FIELDS = {
+    "d_model": "hidden_size", "num_queries": "num_queries", "decoder_layers": "decoder_layers",
+    "decoder_attention_heads": "decoder_attention_heads", "decoder_ffn_dim": "decoder_ffn_dim",
+    "dropout": "dropout", "attention_dropout": "attention_dropout", "activation_dropout": "activation_dropout",
+    "activation_function": "activation_function",
+}
+
+
+def _detr_config_from(value: dict | PretrainedConfig) -> PretrainedConfig:
+    """A transformers ``DetrConfig`` from a config or a dict (missing fields: DETR's defaults, as in transformers)."""
+    if isinstance(value, dict):
+        value = dict(value)
+        model_type = value.pop("model_type", "detr")
+        if model_type != "detr":
+            raise ValueError(f"decoder_config: expected a DETR config (model_type 'detr'), got {model_type!r}")
+        return AutoConfig.for_model("detr", **value)
+    if not isinstance(value, PretrainedConfig):
+        raise TypeError(f"decoder_config: expected a dict or a DetrConfig, got {type(value).__name__}")
+    if value.model_type != "detr":
+        raise ValueError(f"decoder_config: expected a DETR config (model_type 'detr'), got {value.model_type!r}")
+    return value
+
+
+def _given_detr_fields(value: dict | PretrainedConfig) -> dict[str, Any]:
+    """The :data:`DETR_FIELDS` a decoder config sets: a dict's keys, a config's values other than DETR's defaults."""
+    detr = _detr_config_from(value)
+    if isinstance(value, dict):
+        return {name: getattr(detr, name) for name in DETR_FIELDS if name in value}
+    defaults = AutoConfig.for_model("detr")
+    return {name: getattr(detr, name) for name in DETR_FIELDS if getattr(detr, name) != getattr(defaults, name)}
+
+
 # The paper's Table 4 (SPEC §6): MaskFormer's mask classification, and its per-pixel baselines:
 # "per_pixel" (pixel decoder -> 1x1 conv to K class logits, per-pixel cross-entropy) and
 # "per_pixel_plus" (the transformer module with N = K queries, query i's mask read as class i's
@@ -105,6 +144,14 @@ class MaskFormerHfConfig(PretrainedConfig):
     transformers backbone (``backbone_config``, e.g. MaskFormer-Swin or ResNet, as in the Hub
     checkpoints). Either must give four feature maps at strides 4, 8, 16 and 32.
 
+    The transformer's fields are stored flat (``hidden_size``, ``decoder_layers``, ...). A transformers
+    ``decoder_config`` (a ``DetrConfig`` or its dict, as transformers' ``MaskFormerConfig`` takes it) sets
+    them from its DETR fields (:data:`DETR_FIELDS`: ``d_model`` -> ``hidden_size``, ...): those a dict
+    names, or a config holds at other values than DETR's defaults (which are ours). A flat argument
+    that differs from its default and from the decoder's value is a contradiction and raises. The
+    config keeps no ``decoder_config``: reading it gives a ``DetrConfig`` made from the flat fields,
+    assigning one sets them all.
+
     Example::
 
         >>> config = MaskFormerConfig.from_preset("swin-tiny", num_labels=150)
@@ -114,11 +161,15 @@ class MaskFormerHfConfig(PretrainedConfig):
 
     model_type = "maskformer_hf"
     attribute_map = {"num_attention_heads": "decoder_attention_heads", "num_hidden_layers": "decoder_layers"}
+    # Declared so that transformers hands it what it hands a sub-config (attn_implementation, dtype).
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="maskformer-swin", optional=True),
+    }
     # Trainer's evaluation keeps only what metrics need (class and mask logits, the padding mask).
     keys_to_ignore_at_inference = [
         "loss_dict", "auxiliary_logits", "encoder_last_hidden_state", "pixel_decoder_last_hidden_state",
         "transformer_decoder_last_hidden_state", "encoder_hidden_states", "pixel_decoder_hidden_states",
-        "transformer_decoder_hidden_states", "hidden_states",
+        "transformer_decoder_hidden_states", "hidden_states", "attentions", "cross_attentions", "encoder_attentions",
     ]
 
     def __init__(
@@ -128,10 +179,12 @@ class MaskFormerHfConfig(PretrainedConfig):
         backbone_config: dict | PretrainedConfig | None = None,  # a transformers backbone; wins over timm
         backbone_kwargs: dict | None = None,  # extra keyword arguments for timm.create_model
         use_pretrained_backbone: bool = False,  # download ImageNet weights when the model is built
+        use_timm_backbone: bool = True,  # without backbone_config: False reads `backbone` as a transformers checkpoint
         # --- pixel decoder (light FPN, SPEC §2.2) ------------------------------------------------
         fpn_feature_size: int = 256,  # channels of every FPN map (GroupNorm(32) needs a multiple of 32)
         mask_feature_size: int = 256,  # C_E, channels of the per-pixel and per-mask embeddings
         # --- transformer module (DETR, SPEC §2.3) ------------------------------------------------
+        decoder_config: dict | PretrainedConfig | None = None,  # transformers' DETR config: sets the fields below
         num_queries: int = 100,  # N, size of the predicted set (paper ablation: 100 is best on ADE)
         hidden_size: int = 256,  # d_model of the transformer
         encoder_layers: int = 0,  # DETR encoder layers on the stride-32 map (6 for "R50 + 6 Enc")
@@ -168,10 +221,15 @@ class MaskFormerHfConfig(PretrainedConfig):
         stuff_label_ids: list[int] | None = None,  # "stuff" classes: one segment each in panoptic output
         **kwargs: Any,
     ) -> None:
+        if backbone_config is None and not use_timm_backbone and backbone:
+            # transformers 4.x's reading of `backbone`: a transformers checkpoint, whose config is read here.
+            backbone_config = AutoConfig.from_pretrained(backbone, **(backbone_kwargs or {}))
+            backbone_kwargs = None
         self.backbone = backbone
         self.backbone_config = _backbone_config_from(backbone_config)
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.use_pretrained_backbone = use_pretrained_backbone
+        self.use_timm_backbone = use_timm_backbone
         self.fpn_feature_size = fpn_feature_size
         self.mask_feature_size = mask_feature_size
         self.num_queries = num_queries
@@ -204,6 +262,9 @@ class MaskFormerHfConfig(PretrainedConfig):
         self.importance_sample_ratio = importance_sample_ratio
         self.init_std = init_std
         self.init_xavier_std = init_xavier_std
+        if decoder_config is not None:  # transformers' layout: the DETR config sets the transformer's fields
+            for name, value in _transformer_fields(decoder_config, self).items():
+                setattr(self, name, value)
         self.stuff_label_ids = sorted({int(i) for i in stuff_label_ids}) if stuff_label_ids is not None else None
         super().__init__(**kwargs)
         self.validate()
@@ -280,6 +341,30 @@ class MaskFormerHfConfig(PretrainedConfig):
         (loaded[0] if isinstance(loaded, tuple) else loaded).validate()
         return loaded
 
+    @classmethod
+    def from_backbone_and_decoder_configs(cls, backbone_config: dict | PretrainedConfig,
+                                          decoder_config: dict | PretrainedConfig,
+                                          **kwargs: Any) -> "MaskFormerHfConfig":
+        """transformers' constructor of the same name: a transformers backbone config and a DETR config."""
+        return cls(backbone_config=backbone_config, decoder_config=decoder_config, **kwargs)
+
+    @property
+    def decoder_config(self) -> PretrainedConfig:
+        """A transformers ``DetrConfig`` made from the flat fields (:data:`DETR_FIELDS`), for code written
+        against transformers' config (``config.decoder_config.num_queries``). A copy: changing it changes
+        nothing; assigning one (``config.decoder_config = DetrConfig(...)``) sets the flat fields."""
+        values = {theirs: getattr(self, ours) for theirs, ours in DETR_FIELDS.items()}
+        return AutoConfig.for_model("detr", encoder_layers=self.encoder_layers,
+                                    encoder_attention_heads=self.encoder_attention_heads,
+                                    encoder_ffn_dim=self.encoder_ffn_dim, **values)
+
+    @decoder_config.setter
+    def decoder_config(self, value: dict | PretrainedConfig) -> None:
+        detr = _detr_config_from(value)
+        for theirs, ours in DETR_FIELDS.items():
+            setattr(self, ours, getattr(detr, theirs))
+        self.validate()
+
     @property
     def num_auxiliary_outputs(self) -> int:
         """Number of earlier decoder layers whose predictions are supervised (5 for 6 layers)."""
@@ -299,6 +384,22 @@ class MaskFormerHfConfig(PretrainedConfig):
         if isinstance(self.backbone_config, PretrainedConfig):
             output["backbone_config"] = self.backbone_config.to_dict()
         return output
+
+
+def _transformer_fields(decoder_config: dict | PretrainedConfig, config: MaskFormerHfConfig) -> dict[str, Any]:
+    """Our transformer fields (:data:`DETR_FIELDS`' values) that a DETR ``decoder_config`` sets
+    (:func:`_given_detr_fields`). A field of ``config`` (the flat arguments) that differs from both its
+    default and the decoder's value is a contradiction: it raises."""
+    defaults = inspect.signature(MaskFormerHfConfig.__init__).parameters
+    values = {}
+    for theirs, value in _given_detr_fields(decoder_config).items():
+        ours = DETR_FIELDS[theirs]
+        flat = getattr(config, ours)
+        if flat != defaults[ours].default and flat != value:
+            raise ValueError(f"MaskFormerConfig.{ours}: {flat!r} contradicts decoder_config.{theirs}={value!r}; "
+                             "pass one of them")
+        values[ours] = value
+    return values
 
 
 # The public name. The class itself is named apart from transformers' ``MaskFormerConfig``: transformers

@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
+from transformers.initialization import guard_torch_init_functions
 from transformers.utils import ModelOutput
 
 from .backbones import MaskFormerBackbone
 from .configuration_maskformer import MaskFormerConfig, MaskFormerHfConfig
 from .loss_maskformer import MaskFormerLoss, PerPixelLoss
-from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, mask_logits, matched_mask_logits, zero_padding
-from .transformer_decoder import DecoderLayer, EncoderLayer, FeedForward, MaskFormerTransformerModule, MultiHeadAttention
+from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, matched_mask_logits, zero_padding
+from .transformer_decoder import (AttentionWeights, DecoderLayer, EncoderLayer, FeedForward,
+                                  MaskFormerTransformerModule, MultiHeadAttention)
 
 
 @dataclass
@@ -37,6 +39,13 @@ class MaskFormerModelOutput(ModelOutput):
         transformer_decoder_hidden_states: on request, every decoder layer's normalised output,
             each `(batch_size, num_queries, hidden_size)`.
         hidden_states: on request, the three tuples above concatenated.
+        attentions: with ``output_attentions``, every decoder layer's self-attention weights (as in
+            transformers), each `(batch_size, decoder_attention_heads, num_queries, num_queries)`.
+        cross_attentions: with ``output_attentions``, every decoder layer's attention weights over the
+            image tokens, each `(batch_size, decoder_attention_heads, num_queries, h * w)` (the
+            stride-32 map's tokens, row by row; padded tokens get 0).
+        encoder_attentions: with ``output_attentions``, every encoder layer's self-attention weights,
+            each `(batch_size, encoder_attention_heads, h * w, h * w)` (empty without encoder layers).
     """
 
     encoder_last_hidden_state: Tensor | None = None
@@ -46,6 +55,9 @@ class MaskFormerModelOutput(ModelOutput):
     pixel_decoder_hidden_states: tuple[Tensor, ...] | None = None
     transformer_decoder_hidden_states: tuple[Tensor, ...] | None = None
     hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    cross_attentions: tuple[Tensor, ...] | None = None
+    encoder_attentions: tuple[Tensor, ...] | None = None
 
 
 @dataclass
@@ -60,8 +72,7 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
             ``class_queries_logits`` and ``masks_queries_logits`` of the shapes above.
         encoder_last_hidden_state, pixel_decoder_last_hidden_state, transformer_decoder_last_hidden_state,
         encoder_hidden_states, pixel_decoder_hidden_states, transformer_decoder_hidden_states,
-        hidden_states: as in :class:`MaskFormerModelOutput`; the per-pixel embeddings are only
-            materialised when ``output_hidden_states`` is set (the heads fold the mask projection).
+        hidden_states, attentions, cross_attentions, encoder_attentions: as in :class:`MaskFormerModelOutput`.
         pixel_mask: the input's `(batch_size, H, W)` padding mask, when one was given, so that
             post-processing can crop each image's padding away before resizing.
         loss_dict: every weighted loss term per supervised layer, for logging (the last field, so that
@@ -80,6 +91,9 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
     pixel_decoder_hidden_states: tuple[Tensor, ...] | None = None
     transformer_decoder_hidden_states: tuple[Tensor, ...] | None = None
     hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    cross_attentions: tuple[Tensor, ...] | None = None
+    encoder_attentions: tuple[Tensor, ...] | None = None
     pixel_mask: Tensor | None = None
     loss_dict: dict[str, Tensor] | None = None  # last, so that tuples start like transformers' (loss, logits, ...)
 
@@ -92,6 +106,15 @@ class MaskFormerFeatures:
     fpn_maps: list[Tensor]  # strides 16, 8, 4, each (B, fpn_feature_size, h, w)
     decoder_states: Tensor | None  # (num_decoder_layers, B, num_queries, hidden_size), normalised; None: no transformer
     valid_masks: list[Tensor] | None = None  # the backbone levels' (B, h_i, w_i) valid positions; None: no padding
+    attentions: AttentionWeights | None = None  # when requested (output_attentions)
+
+    def unstack_decoder_states(self) -> tuple[Tensor, ...]:
+        """``decoder_states`` as one tensor per layer, re-stacked from those very tensors: what reads the
+        stack back-propagates into the returned tensors (hidden states whose gradient a user keeps)."""
+        layers = () if self.decoder_states is None else self.decoder_states.unbind(0)
+        if layers:
+            self.decoder_states = torch.stack(layers)
+        return layers
 
 
 class MaskFormerHfPreTrainedModel(PreTrainedModel):
@@ -101,36 +124,75 @@ class MaskFormerHfPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = False
+    # Attention runs through F.scaled_dot_product_attention ("sdpa", the default) or, with "eager", the
+    # textbook softmax(q k^T / sqrt(d)) v, which also serves output_attentions. No other backend.
+    _supports_sdpa = True
+    _supports_attention_backend = False
+    ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        implementation = super().get_correct_attn_implementation(requested_attention, is_init_check)
+        if implementation not in self.ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation: MaskFormer supports {self.ATTN_IMPLEMENTATIONS}, got "
+                             f"{implementation!r}")
+        return implementation
+
+    def set_attn_implementation(self, attn_implementation: str | dict, allow_all_kernels: bool = False) -> None:
+        """transformers' method (``"eager"`` or ``"sdpa"``), handed to the backbone's config too; a
+        transformers backbone that lacks the implementation (a ResNet has no attention) keeps its own."""
+        body = getattr(getattr(getattr(self, "model", self), "backbone", None), "body", None)
+        backbone_config = self.config.backbone_config
+        if isinstance(attn_implementation, str) and isinstance(body, PreTrainedModel):
+            try:
+                body.get_correct_attn_implementation(attn_implementation)
+            except (ValueError, ImportError):
+                attn_implementation = {"": attn_implementation, "backbone_config": body.config._attn_implementation}
+        elif isinstance(attn_implementation, str) and backbone_config is not None:
+            # Our MaskFormer-Swin (not a PreTrainedModel, so transformers cannot check it) runs its
+            # window attention by the same explicit rule under either name: record the name only.
+            backbone_config._attn_implementation_internal = self.get_correct_attn_implementation(attn_implementation)
+        super().set_attn_implementation(attn_implementation, allow_all_kernels)
+
+    def post_init(self) -> None:
+        # A new model keeps what its constructors drew: transformers' pass of _init_weights here is a no-op.
+        self._constructed = False
+        super().post_init()
+        self._constructed = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Every layer is initialised by its own constructor (PyTorch's defaults; the backbone by its
-        library, or with its ImageNet weights), so a new model's post_init changes nothing. When
-        loading, the layers whose weights the checkpoint lacked or resized
-        (``ignore_mismatched_sizes``) get the same default initialisation again
-        (``reset_parameters``), never uninitialised memory. ``init_std`` / ``init_xavier_std`` are
-        kept for config compatibility with transformers and not used."""
-        if getattr(self, "_loading_missing_keys", False) and callable(getattr(module, "reset_parameters", None)):
+        """Initialise ``module`` again as its constructor does: ``reset_parameters``, PyTorch's default for
+        every layer (:meth:`initialize_weights` then gives the backbone's modules their library's scheme).
+
+        transformers calls this for the modules whose weights a checkpoint lacked or resized
+        (``ignore_mismatched_sizes``) and from ``init_weights()`` (a model built on the meta device, then
+        ``to_empty``); tensors it has loaded are kept. Never while the model is constructed
+        (``post_init``), so that a seed gives the same new model as the constructors alone. ``init_std`` /
+        ``init_xavier_std`` are kept for config compatibility with transformers and not used."""
+        if getattr(self, "_constructed", False) and callable(getattr(module, "reset_parameters", None)):
             module.reset_parameters()
 
-    def _initialize_missing_keys(self, *args: Any, **kwargs: Any) -> None:
-        # Only here (loading) does _init_weights act; transformers skips the modules whose weights
-        # were all loaded. Nested models (the base model inside the task model) act too.
-        models = [m for m in self.modules() if isinstance(m, MaskFormerPreTrainedModel)]
-        for model in models:
-            model._loading_missing_keys = True
-        try:
-            super()._initialize_missing_keys(*args, **kwargs)
-        finally:
-            for model in models:
-                model._loading_missing_keys = False
+    def initialize_weights(self) -> None:
+        """transformers' pass of :meth:`_init_weights` over the modules not yet initialised; then those
+        of them inside a backbone take the backbone library's own initialisation (timm's, Swin's), as
+        a new model's would (:meth:`MaskFormerBackbone.init_body`)."""
+        pending = [m for m in self.modules() if not getattr(m, "_is_hf_initialized", False)]
+        super().initialize_weights()
+        if not getattr(self, "_constructed", False):
+            return
+        pending_ids = {id(m) for m in pending}
+        with torch.no_grad(), guard_torch_init_functions():  # loaded tensors keep their values
+            for backbone in (m for m in self.modules() if isinstance(m, MaskFormerBackbone)):
+                backbone.init_body([m for m in backbone.body.modules() if id(m) in pending_ids])
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any):
         """Load our checkpoint, or a transformers MaskFormer checkpoint (``model_type: "maskformer"``),
         converted on the fly. ImageNet backbone weights are never fetched again when loading."""
         from .conversion import is_transformers_checkpoint
 
-        if is_transformers_checkpoint(pretrained_model_name_or_path, **_hub_kwargs(kwargs)):
+        # None: transformers' "no checkpoint" (config= and state_dict= given), nothing to look up.
+        if pretrained_model_name_or_path is not None and is_transformers_checkpoint(
+                pretrained_model_name_or_path, **_hub_kwargs(kwargs)):
             if cls is not MaskFormerForUniversalSegmentation:
                 raise ValueError(
                     f"{cls.__name__}.from_pretrained: {pretrained_model_name_or_path} is a transformers MaskFormer "
@@ -222,46 +284,55 @@ class MaskFormerHfModel(MaskFormerHfPreTrainedModel):
         )
         self.post_init()
 
-    def compute_features(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> MaskFormerFeatures:
+    def compute_features(self, pixel_values: Tensor, pixel_mask: Tensor | None = None,
+                         output_attentions: bool = False) -> MaskFormerFeatures:
         """Run backbone, FPN and transformer; the heads (and the mask projection) are left to the caller."""
         check_pixel_values(pixel_values, pixel_mask, next(self.parameters()))
-        return self.decode_features(*self.backbone(pixel_values, pixel_mask))
+        return self.decode_features(*self.backbone(pixel_values, pixel_mask), output_attentions=output_attentions)
 
-    def decode_features(self, backbone_maps: list[Tensor], masks: list[Tensor] | None) -> MaskFormerFeatures:
+    def decode_features(self, backbone_maps: list[Tensor], masks: list[Tensor] | None,
+                        output_attentions: bool = False) -> MaskFormerFeatures:
         """Transformer module and FPN over the four backbone maps (and their valid-position masks,
-        None when nothing is padded): the part of :meth:`compute_features` after the backbone."""
+        None when nothing is padded): the part of :meth:`compute_features` after the backbone.
+        ``output_attentions`` keeps the attention weights (computed by the textbook rule)."""
         if self.transformer_module is None:  # the per-pixel baseline: the FPN only
-            return MaskFormerFeatures(backbone_maps, self.pixel_decoder(backbone_maps, masks), None, masks)
+            return MaskFormerFeatures(backbone_maps, self.pixel_decoder(backbone_maps, masks), None, masks,
+                                      AttentionWeights() if output_attentions else None)
+        eager = self.config._attn_implementation == "eager"
+        attentions = AttentionWeights() if output_attentions else None
         if self.transformer_in_feature == "pixel_decoder":  # the decoder reads the FPN's stride-4 map
             fpn_maps = self.pixel_decoder(backbone_maps, masks)
-            states = self.transformer_module(fpn_maps[-1], None if masks is None else masks[0])
-            return MaskFormerFeatures(backbone_maps, fpn_maps, states, masks)
+            states = self.transformer_module(fpn_maps[-1], None if masks is None else masks[0], eager, attentions)
+            return MaskFormerFeatures(backbone_maps, fpn_maps, states, masks, attentions)
         top_mask = None if masks is None else masks[-1]
-        memory, memory_pos, key_mask = self.transformer_module.encode(backbone_maps[-1], top_mask)
+        memory, memory_pos, key_mask = self.transformer_module.encode(backbone_maps[-1], top_mask, eager, attentions)
         fpn_inputs = backbone_maps
         if self.encoder_feeds_pixel_decoder:  # (B, h*w, D) tokens -> (B, D, h, w) map, zero on padding as the others
             top = memory.transpose(1, 2).reshape(memory.shape[0], -1, *backbone_maps[-1].shape[-2:])
             fpn_inputs = backbone_maps[:-1] + [zero_padding(top, top_mask)]
         fpn_maps = self.pixel_decoder(fpn_inputs, masks)
-        decoder_states = self.transformer_module.decode(memory, memory_pos, key_mask)
-        return MaskFormerFeatures(backbone_maps, fpn_maps, decoder_states, masks)
+        decoder_states = self.transformer_module.decode(memory, memory_pos, key_mask, eager, attentions)
+        return MaskFormerFeatures(backbone_maps, fpn_maps, decoder_states, masks, attentions)
 
     def forward(
         self,
         pixel_values: Tensor,
         pixel_mask: Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> MaskFormerModelOutput | tuple:
         output_hidden_states = _flag(output_hidden_states, self.config.output_hidden_states)
+        output_attentions = _flag(output_attentions, self.config.output_attentions)
         return_dict = _flag(return_dict, self.config.return_dict)
-        features = self.compute_features(pixel_values, pixel_mask)
+        features = self.compute_features(pixel_values, pixel_mask, output_attentions)
         output = MaskFormerModelOutput(
             encoder_last_hidden_state=features.backbone_maps[-1],
             pixel_decoder_last_hidden_state=self.pixel_decoder.mask_projection(features.fpn_maps[-1]),
             transformer_decoder_last_hidden_state=_last(features.decoder_states),
             **_hidden_states(features, output_hidden_states),
+            **_attentions(features),
         )
         return output if return_dict else output.to_tuple()
 
@@ -331,11 +402,37 @@ def _last(states: Tensor | None) -> Tensor | None:
     return None if states is None else states[-1]
 
 
+def _attentions(features: MaskFormerFeatures) -> dict[str, Any]:
+    weights = features.attentions
+    if weights is None:
+        return {}
+    return dict(attentions=tuple(weights.decoder), cross_attentions=tuple(weights.cross),
+                encoder_attentions=tuple(weights.encoder))
+
+
+def labels_as_lists(mask_labels: Any, class_labels: Any) -> tuple[Any, Any]:
+    """transformers' batch-tensor form of the labels, ``mask_labels`` `(batch_size, N, H, W)` and
+    ``class_labels`` `(batch_size, N)` (the same N segments per image), as the per-image lists the loss
+    takes; lists pass unchanged (their entries are checked by the loss)."""
+    if isinstance(mask_labels, Tensor):
+        if mask_labels.dim() != 4:
+            raise ValueError("mask_labels: expected a list of (N_i, H, W) tensors or a (batch_size, N, H, W) tensor, "
+                             f"got a tensor of shape {tuple(mask_labels.shape)}")
+        mask_labels = list(mask_labels.unbind(0))
+    if isinstance(class_labels, Tensor):
+        if class_labels.dim() != 2:
+            raise ValueError("class_labels: expected a list of (N_i,) tensors or a (batch_size, N) tensor, got a "
+                             f"tensor of shape {tuple(class_labels.shape)}")
+        class_labels = list(class_labels.unbind(0))
+    return mask_labels, class_labels
+
+
 def _hidden_states(features: MaskFormerFeatures, wanted: bool) -> dict[str, Any]:
+    """The hidden-state fields; call before the heads read ``features.decoder_states`` (gradients)."""
     if not wanted:
         return {}
     encoder, fpn = tuple(features.backbone_maps), tuple(features.fpn_maps)
-    decoder = () if features.decoder_states is None else tuple(features.decoder_states)
+    decoder = features.unstack_decoder_states()
     return dict(encoder_hidden_states=encoder, pixel_decoder_hidden_states=fpn,
                 transformer_decoder_hidden_states=decoder, hidden_states=encoder + fpn + decoder)
 
@@ -461,32 +558,35 @@ class MaskFormerHfForUniversalSegmentation(MaskFormerHfPreTrainedModel):
     def forward(
         self,
         pixel_values: Tensor,
+        mask_labels: list[Tensor] | Tensor | None = None,
+        class_labels: list[Tensor] | Tensor | None = None,
         pixel_mask: Tensor | None = None,
-        mask_labels: list[Tensor] | None = None,
-        class_labels: list[Tensor] | None = None,
-        output_hidden_states: bool | None = None,
         output_auxiliary_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         num_masks: float | Tensor | None = None,
         **kwargs: Any,
     ) -> MaskFormerForUniversalSegmentationOutput | tuple:
-        r"""Predict N (class, mask) pairs per image.
+        r"""Predict N (class, mask) pairs per image (arguments in transformers' order).
 
         Args:
             pixel_values: `(batch_size, 3, H, W)` normalised images.
+            mask_labels: per image, `(num_segments_i, H, W)` binary masks (training); or one
+                `(batch_size, N, H, W)` tensor when every image has N segments.
+            class_labels: per image, `(num_segments_i,)` class indices (training); or `(batch_size, N)`.
             pixel_mask: `(batch_size, H, W)`, 1 on real pixels, 0 on padding; honoured.
-            mask_labels: per image, `(num_segments_i, H, W)` binary masks (training).
-            class_labels: per image, `(num_segments_i,)` class indices (training).
-            output_hidden_states: also return backbone, FPN and decoder states.
             output_auxiliary_logits: return the earlier decoder layers' predictions (default: the
                 config's ``output_auxiliary_logits``, else ``use_auxiliary_loss``).
+            output_hidden_states: also return backbone, FPN and decoder states.
+            output_attentions: also return the transformer's attention weights (computed by the
+                textbook rule for this call, whatever ``attn_implementation``).
             num_masks: normaliser of the mask loss terms; default the number of segments in this
                 batch. Under data parallelism pass the global count divided by the world size.
         """
-        if kwargs.get("output_attentions"):
-            raise ValueError("output_attentions: not supported, attention runs through scaled_dot_product_attention")
         config = self.config
         output_hidden_states = _flag(output_hidden_states, config.output_hidden_states)
+        output_attentions = _flag(output_attentions, config.output_attentions)
         return_dict = _flag(return_dict, config.return_dict)
         if output_auxiliary_logits is None:
             output_auxiliary_logits = _flag(config.output_auxiliary_logits, config.use_auxiliary_loss)
@@ -494,11 +594,13 @@ class MaskFormerHfForUniversalSegmentation(MaskFormerHfPreTrainedModel):
         if (mask_labels is None) != (class_labels is None):
             raise ValueError("mask_labels and class_labels: pass both (training) or neither (inference)")
         compute_loss = mask_labels is not None
-        features = self.model.compute_features(pixel_values, pixel_mask)
+        features = self.model.compute_features(pixel_values, pixel_mask, output_attentions)
         if compute_loss:
+            mask_labels, class_labels = labels_as_lists(mask_labels, class_labels)
             check_mask_label_sizes(mask_labels, pixel_values)
+        hidden_states = _hidden_states(features, output_hidden_states)  # before the heads: see unstack_decoder_states
         if config.segmentation_type != "mask_classification":
-            output = self._per_pixel_forward(features, mask_labels, class_labels, output_hidden_states,
+            output = self._per_pixel_forward(features, mask_labels, class_labels, hidden_states,
                                              output_auxiliary_logits, pixel_mask)
             return output if return_dict else output.to_tuple()
         states = features.decoder_states  # (L, B, Q, D)
@@ -507,12 +609,9 @@ class MaskFormerHfForUniversalSegmentation(MaskFormerHfPreTrainedModel):
         class_logits = self.class_predictor(states)  # (L', B, Q, K+1)
         mask_embeddings = self.mask_embedder(states).transpose(0, 1)  # (B, L', Q, C_E)
         fpn_map = features.fpn_maps[-1]
-        pixel_embeddings = None
-        if output_hidden_states:
-            pixel_embeddings = self.model.pixel_decoder.mask_projection(fpn_map)
-            masks = torch.einsum("blqc,bchw->lbqhw", mask_embeddings, pixel_embeddings)
-        else:
-            masks = mask_logits(mask_embeddings, fpn_map, self.model.pixel_decoder.mask_projection).transpose(0, 1)
+        # The per-pixel embeddings are part of the output (as in transformers), so the masks read them.
+        pixel_embeddings = self.model.pixel_decoder.mask_projection(fpn_map)  # (B, C_E, H/4, W/4)
+        masks = torch.einsum("blqc,bchw->lbqhw", mask_embeddings, pixel_embeddings)
         if config.mask_pooled_classification:
             class_logits = self.add_mask_pooled_logits(class_logits, masks, pixel_embeddings, fpn_map,
                                                        features.valid_masks)
@@ -541,7 +640,8 @@ class MaskFormerHfForUniversalSegmentation(MaskFormerHfPreTrainedModel):
             encoder_last_hidden_state=features.backbone_maps[-1],
             pixel_decoder_last_hidden_state=pixel_embeddings,
             transformer_decoder_last_hidden_state=features.decoder_states[-1],
-            **_hidden_states(features, output_hidden_states),
+            **hidden_states,
+            **_attentions(features),
             pixel_mask=pixel_mask,
         )
         return output if return_dict else output.to_tuple()
@@ -558,19 +658,18 @@ class MaskFormerHfForUniversalSegmentation(MaskFormerHfPreTrainedModel):
         return class_logits + self.pooled_class_predictor(mask_pooled_embeddings(masks, pixel_embeddings, valid))
 
     def _per_pixel_forward(self, features: MaskFormerFeatures, mask_labels: list[Tensor] | None,
-                           class_labels: list[Tensor] | None, output_hidden_states: bool,
+                           class_labels: list[Tensor] | None, hidden_states: dict[str, Any],
                            output_auxiliary_logits: bool, pixel_mask: Tensor | None) -> MaskFormerForUniversalSegmentationOutput:
         """The baselines' heads and loss: class logit maps `(L, B, K, h, w)`, per-pixel cross-entropy."""
         config, projection, fpn_map = self.config, self.model.pixel_decoder.mask_projection, features.fpn_maps[-1]
-        pixel_embeddings = projection(fpn_map) if output_hidden_states or config.segmentation_type == "per_pixel" \
-            else None
+        pixel_embeddings = projection(fpn_map)  # (B, C_E, h, w), returned as in transformers
         if config.segmentation_type == "per_pixel":
             class_maps = self.pixel_classifier(pixel_embeddings)[None]  # (1, B, K, h, w)
         else:
             states = features.decoder_states
             deep = output_auxiliary_logits or (mask_labels is not None and config.use_auxiliary_loss)
-            embeddings = self.mask_embedder(states if deep else states[-1:]).transpose(0, 1)  # (B, L', K, C_E)
-            class_maps = mask_logits(embeddings, fpn_map, projection).transpose(0, 1)  # (L', B, K, h, w)
+            embeddings = self.mask_embedder(states if deep else states[-1:])  # (L', B, K, C_E)
+            class_maps = torch.einsum("lbqc,bchw->lbqhw", embeddings, pixel_embeddings)  # (L', B, K, h, w)
         loss = loss_dict = None
         if mask_labels is not None:
             supervised = class_maps if config.use_auxiliary_loss else class_maps[-1:]
@@ -584,9 +683,10 @@ class MaskFormerHfForUniversalSegmentation(MaskFormerHfPreTrainedModel):
             masks_queries_logits=masks[-1],
             auxiliary_logits=auxiliary if output_auxiliary_logits and config.segmentation_type == "per_pixel_plus" else None,
             encoder_last_hidden_state=features.backbone_maps[-1],
-            pixel_decoder_last_hidden_state=pixel_embeddings if output_hidden_states else None,
+            pixel_decoder_last_hidden_state=pixel_embeddings,
             transformer_decoder_last_hidden_state=_last(features.decoder_states),
-            **_hidden_states(features, output_hidden_states),
+            **hidden_states,
+            **_attentions(features),
             pixel_mask=pixel_mask,
         )
 

@@ -1,13 +1,16 @@
 """Transformer module (SPEC §2.3): sine positional encoding, optional DETR encoder, DETR decoder.
 
-Post-norm layers as in DETR; attention runs through ``F.scaled_dot_product_attention``. Padded
-positions of the stride-32 map (``mask``) are removed from every attention over image tokens and
-from the positional encoding's normalisation.
+Post-norm layers as in DETR. Attention is :func:`attention`, the textbook rule, when its weights are
+wanted (``output_attentions``) or ``attn_implementation="eager"``; otherwise the same function runs
+through ``F.scaled_dot_product_attention`` (fused kernels, no weights kept). Padded positions of the
+stride-32 map (``mask``) are removed from every attention over image tokens and from the positional
+encoding's normalisation.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +50,37 @@ def sine_position_encoding(
     return torch.cat((pos_y, pos_x), dim=3).flatten(1, 2).to(dtype)
 
 
+def attention(query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None = None,
+              dropout: float = 0.0, training: bool = False) -> tuple[Tensor, Tensor]:
+    """Scaled dot-product attention, ``softmax(q k^T / sqrt(d)) v``, keys outside ``key_mask`` excluded.
+
+    Args:
+        query: `(B, heads, Lq, d)`; key, value: `(B, heads, Lk, d)`.
+        key_mask: `(B, Lk)` bool, True where a key may be attended; None: all.
+        dropout: probability of dropping an attention weight (training only).
+
+    Returns:
+        The output `(B, heads, Lq, d)` and the weights applied to the values `(B, heads, Lq, Lk)`
+        (softmax in float32, after dropout).
+    """
+    scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(query.shape[-1])
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype), dropout, training)
+    return torch.matmul(weights, value), weights
+
+
+@dataclass
+class AttentionWeights:
+    """The attention weights of one forward pass, layer by layer (filled when they are requested)."""
+
+    encoder: list[Tensor] = field(default_factory=list)  # encoder self-attention, each (B, heads, h*w, h*w)
+    decoder: list[Tensor] = field(default_factory=list)  # decoder self-attention, each (B, heads, Q, Q)
+    cross: list[Tensor] = field(default_factory=list)  # decoder cross-attention, each (B, heads, Q, h*w)
+
+
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention with separate q/k/v/out projections and SDPA."""
+    """Multi-head attention with separate q/k/v/out projections: :func:`attention` (``eager``) or SDPA."""
 
     def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -59,22 +91,24 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, hidden_size)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """query `(B, Lq, D)`, key/value `(B, Lk, D)`, key_mask `(B, Lk)` bool (True = attend) -> `(B, Lq, D)`."""
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None = None,
+                eager: bool = False) -> tuple[Tensor, Tensor | None]:
+        """query `(B, Lq, D)`, key/value `(B, Lk, D)`, key_mask `(B, Lk)` bool (True = attend) -> the output
+        `(B, Lq, D)` and, when ``eager`` (:func:`attention`), the weights `(B, heads, Lq, Lk)`; else None (SDPA)."""
         batch_size, length, hidden = query.shape
 
         def heads(x: Tensor) -> Tensor:
             return x.view(batch_size, -1, self.num_heads, hidden // self.num_heads).transpose(1, 2)
 
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            heads(self.q_proj(query)),
-            heads(self.k_proj(key)),
-            heads(self.v_proj(value)),
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.out_proj(out.transpose(1, 2).reshape(batch_size, length, hidden))
+        q, k, v = heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value))
+        if eager:
+            out, weights = attention(q, k, v, key_mask, self.dropout, self.training)
+        else:
+            attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                                 dropout_p=self.dropout if self.training else 0.0)
+            weights = None
+        return self.out_proj(out.transpose(1, 2).reshape(batch_size, length, hidden)), weights
 
 
 class FeedForward(nn.Module):
@@ -102,10 +136,13 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(hidden_size)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, pos: Tensor, key_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, pos: Tensor, key_mask: Tensor | None,
+                eager: bool = False) -> tuple[Tensor, Tensor | None]:
+        """`(B, h*w, D)` tokens -> the same, and the self-attention weights when ``eager``."""
         q = x + pos
-        x = self.self_attn_layer_norm(x + F.dropout(self.self_attn(q, q, x, key_mask), self.dropout, self.training))
-        return self.final_layer_norm(x + F.dropout(self.ffn(x), self.dropout, self.training))
+        attended, weights = self.self_attn(q, q, x, key_mask, eager)
+        x = self.self_attn_layer_norm(x + F.dropout(attended, self.dropout, self.training))
+        return self.final_layer_norm(x + F.dropout(self.ffn(x), self.dropout, self.training)), weights
 
 
 class DecoderLayer(nn.Module):
@@ -127,12 +164,15 @@ class DecoderLayer(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor,
-                memory_mask: Tensor | None) -> Tensor:
+                memory_mask: Tensor | None, eager: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """`(B, Q, D)` queries -> the same, and (when ``eager``) the self- and cross-attention weights."""
         drop = lambda t: F.dropout(t, self.dropout, self.training)  # noqa: E731
         q = x + query_pos
-        x = self.self_attn_layer_norm(x + drop(self.self_attn(q, q, x)))
-        x = self.cross_attn_layer_norm(x + drop(self.cross_attn(x + query_pos, memory + memory_pos, memory, memory_mask)))
-        return self.final_layer_norm(x + drop(self.ffn(x)))
+        attended, self_weights = self.self_attn(q, q, x, eager=eager)
+        x = self.self_attn_layer_norm(x + drop(attended))
+        attended, cross_weights = self.cross_attn(x + query_pos, memory + memory_pos, memory, memory_mask, eager)
+        x = self.cross_attn_layer_norm(x + drop(attended))
+        return self.final_layer_norm(x + drop(self.ffn(x))), self_weights, cross_weights
 
 
 class MaskFormerTransformerModule(nn.Module):
@@ -169,12 +209,15 @@ class MaskFormerTransformerModule(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(hidden_size)
 
-    def encode(self, image_features: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def encode(self, image_features: Tensor, mask: Tensor | None = None, eager: bool = False,
+               attentions: AttentionWeights | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """Project the stride-32 map and run the encoder layers (none by default).
 
         Args:
             image_features: `(batch_size, in_channels, h, w)`, the stride-32 backbone map.
             mask: `(batch_size, h, w)` bool, True on valid positions, or None (all valid).
+            eager: attention by :func:`attention` rather than SDPA (implied by ``attentions``).
+            attentions: if given, every encoder layer's weights are appended to ``attentions.encoder``.
 
         Returns:
             ``(memory, memory_pos, key_mask)``: `(B, h*w, D)` tokens, their `(B, h*w, D)` sine
@@ -186,11 +229,15 @@ class MaskFormerTransformerModule(nn.Module):
         memory_pos = sine_position_encoding(position_mask, self.hidden_size // 2, dtype=memory.dtype)
         key_mask = None if mask is None else mask.flatten(1)  # (B, h*w)
         for layer in self.encoder_layers:
-            memory = layer(memory, memory_pos, key_mask)
+            memory, weights = layer(memory, memory_pos, key_mask, eager or attentions is not None)
+            if attentions is not None:
+                attentions.encoder.append(weights)
         return memory, memory_pos, key_mask
 
-    def decode(self, memory: Tensor, memory_pos: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """Decode the queries against the encoded tokens (see :meth:`encode`).
+    def decode(self, memory: Tensor, memory_pos: Tensor, key_mask: Tensor | None = None, eager: bool = False,
+               attentions: AttentionWeights | None = None) -> Tensor:
+        """Decode the queries against the encoded tokens (see :meth:`encode`; ``eager`` and ``attentions``
+        as there, the weights going to ``attentions.decoder`` and ``attentions.cross``).
 
         Returns:
             `(num_decoder_layers, batch_size, num_queries, hidden_size)`: every layer's output after
@@ -202,10 +249,15 @@ class MaskFormerTransformerModule(nn.Module):
              else self.query_features.weight.unsqueeze(0).repeat(memory.shape[0], 1, 1))
         outputs = []
         for layer in self.decoder_layers:
-            x = layer(x, query_pos, memory, memory_pos, key_mask)
+            x, self_weights, cross_weights = layer(x, query_pos, memory, memory_pos, key_mask,
+                                                   eager or attentions is not None)
+            if attentions is not None:
+                attentions.decoder.append(self_weights)
+                attentions.cross.append(cross_weights)
             outputs.append(self.decoder_norm(x))
         return torch.stack(outputs)
 
-    def forward(self, image_features: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, image_features: Tensor, mask: Tensor | None = None, eager: bool = False,
+                attentions: AttentionWeights | None = None) -> Tensor:
         """:meth:`encode` then :meth:`decode`: `(num_decoder_layers, batch_size, num_queries, hidden_size)`."""
-        return self.decode(*self.encode(image_features, mask))
+        return self.decode(*self.encode(image_features, mask, eager, attentions), eager, attentions)
