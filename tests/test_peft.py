@@ -97,7 +97,7 @@ def test_lora_adapters_get_gradients_train_and_merge(part):
     assert changed and {name.rsplit(".", 1)[0] for name in changed} <= adapted_layers
 
 
-@pytest.mark.parametrize("target, adapted", [("query", 5), ("mask_projection", 1)])
+@pytest.mark.parametrize("target, adapted", [("query", 5), ("mask_projection", 1), ("query_embeddings", 1)])
 def test_swin_query_and_mask_projection_adapters_are_not_bypassed(target, adapted):
     """The regression: Swin's attention read ``query.weight`` around the module, and the mask projection
     was folded from ``projection.weight``: adapters on them never saw an input. With the class head
@@ -112,7 +112,7 @@ def test_swin_query_and_mask_projection_adapters_are_not_bypassed(target, adapte
     tuned(pixel_values=pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss.backward()
     assert calls  # the adapted layer itself computed
     grads = {name: p.grad for name, p in tuned.named_parameters() if "lora_" in name}
-    assert len(grads) == 2 * adapted  # A and B of each adapted layer (5 Swin blocks' queries, or the projection)
+    assert len(grads) == 2 * adapted  # A and B of each adapted layer (5 Swin blocks' queries, or one layer)
     assert all(g is not None and g.abs().max() > 0 for g in grads.values()), [n for n, g in grads.items() if g is None]
     # init_lora_weights=False: non-zero adapters change the output from the first call.
     with torch.no_grad(), tuned.disable_adapter():

@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .checkpoints import _load_weight_file, _resolve, load_checkpoint_config, load_checkpoint_state_dict  # noqa: F401
-from .configuration_maskformer import MaskFormerConfig
+from .configuration_maskformer import DETR_FIELDS, MaskFormerConfig
 from .modeling_maskformer import MaskFormerForUniversalSegmentation
 
 # (pattern on the transformers key, replacement giving our key); first match wins.
@@ -52,10 +52,6 @@ DROPPED = (r"^criterion\.", r"^model\.pixel_level_module\.encoder\.model\.layern
 CONFIG_FIELDS = ("fpn_feature_size", "mask_feature_size", "no_object_weight", "use_auxiliary_loss",
                  "cross_entropy_weight", "mask_weight", "dice_weight", "init_std", "init_xavier_std",
                  "output_auxiliary_logits", "id2label", "label2id")
-DECODER_FIELDS = {"num_queries": "num_queries", "d_model": "hidden_size", "decoder_layers": "decoder_layers",
-                  "decoder_attention_heads": "decoder_attention_heads", "decoder_ffn_dim": "decoder_ffn_dim",
-                  "dropout": "dropout", "attention_dropout": "attention_dropout",
-                  "activation_dropout": "activation_dropout", "activation_function": "activation_function"}
 
 
 def convert_key(key: str) -> str | None:
@@ -92,7 +88,7 @@ def config_from_transformers(hf_config: dict[str, Any] | Any) -> MaskFormerConfi
         raise ValueError("config_from_transformers: only checkpoints with a transformers backbone_config are supported")
     decoder = hf.get("decoder_config") or {}
     values: dict[str, Any] = {k: hf[k] for k in CONFIG_FIELDS if k in hf}
-    values.update({ours: decoder[theirs] for theirs, ours in DECODER_FIELDS.items() if theirs in decoder})
+    values.update({ours: decoder[theirs] for theirs, ours in DETR_FIELDS.items() if theirs in decoder})
     values["id2label"] = {int(k): v for k, v in values.get("id2label", {}).items()} or None
     if values["id2label"] is None:
         values.pop("id2label")

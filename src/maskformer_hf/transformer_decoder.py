@@ -195,6 +195,7 @@ class MaskFormerTransformerModule(nn.Module):
         self.input_projection = (
             nn.Conv2d(in_channels, hidden_size, kernel_size=1) if in_channels != hidden_size else nn.Identity()
         )
+        self.num_queries = num_queries
         self.query_embeddings = nn.Embedding(num_queries, hidden_size)
         # DETR's decoder starts from zeros, so queries differ only through where they attend; a learned
         # start gives each query its own content from step 0 (``learned_query_features``, not in the paper)
@@ -243,10 +244,11 @@ class MaskFormerTransformerModule(nn.Module):
             `(num_decoder_layers, batch_size, num_queries, hidden_size)`: every layer's output after
             the shared final LayerNorm; the last entry is the model's output.
         """
-        query_pos = self.query_embeddings.weight.unsqueeze(0).repeat(memory.shape[0], 1, 1)  # (B, Q, D), a copy:
-        # views of a parameter made under no_grad confuse autograd-based tools (FlopCounterMode)
+        # The embeddings are called, not read: a wrapper (a PEFT adapter) on them takes part.
+        queries = torch.arange(self.num_queries, device=memory.device)
+        query_pos = self.query_embeddings(queries).unsqueeze(0).repeat(memory.shape[0], 1, 1)  # (B, Q, D)
         x = (torch.zeros_like(query_pos) if self.query_features is None
-             else self.query_features.weight.unsqueeze(0).repeat(memory.shape[0], 1, 1))
+             else self.query_features(queries).unsqueeze(0).repeat(memory.shape[0], 1, 1))
         outputs = []
         for layer in self.decoder_layers:
             x, self_weights, cross_weights = layer(x, query_pos, memory, memory_pos, key_mask,
