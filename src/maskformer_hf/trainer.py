@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, set_seed
 
 from .inference import instance_inference, panoptic_inference, semantic_inference
 from .metrics import MaskAP, MeanIoU, PanopticQuality
@@ -206,6 +206,7 @@ def _train_with_trainer(config: TrainConfig, datasets: tuple | None, command: li
     from .precision import cpu_supports_bf16
 
     train_set, eval_set, metadata = datasets if datasets is not None else load_splits(config)
+    set_seed(config.seed)  # the model's initialisation, as in the accelerate loop: not the process's RNG state
     model, processor = build_model_and_processor(config, metadata)
     train_data = AugmentedDataset(train_set, SegmentationTransform(metadata, train_transforms(config), drop_crowd=True),
                                   config.seed)
@@ -227,7 +228,7 @@ def _train_with_trainer(config: TrainConfig, datasets: tuple | None, command: li
         bf16=bf16,
         fp16=config.mixed_precision == "fp16",
         seed=config.seed,
-        use_cpu=config.use_cpu,
+        use_cpu=on_cpu,  # bf16 on a CPU needs it said (TrainingArguments refuses bf16 without a GPU otherwise)
         dataloader_num_workers=config.num_workers,
         remove_unused_columns=False,  # the collator needs the raw example
         batch_eval_metrics=True,
