@@ -24,7 +24,7 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from maskformer_hf import visualize  # noqa: E402
-from maskformer_hf.image_processing_maskformer import pil_to_rgb  # noqa: E402
+from maskformer_hf.image_inputs import pil_to_rgb  # noqa: E402
 from maskformer_hf.segment import TASKS, load_segmenter, predict, segments_table  # noqa: E402
 
 logger = logging.getLogger("app")

@@ -22,7 +22,7 @@ from transformers.utils import TensorType
 
 from conftest import fake_segmentation_outputs
 from maskformer_hf import MaskFormerImageProcessor
-from maskformer_hf.image_processing_maskformer import _warn_once
+from maskformer_hf.image_inputs import warn_once as _warn_once
 from maskformer_hf.inference import instance_inference
 
 FIXED = {"size": {"height": 48, "width": 64}, "size_divisor": 0}  # resizing whose meaning both libraries share

@@ -9,7 +9,6 @@ binary masks and class ids (:func:`segmentation_map_to_masks`). Post-processing:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -19,26 +18,24 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as tvF
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature, get_size_dict
-from transformers.image_transforms import convert_to_rgb, get_size_with_aspect_ratio
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
     ChannelDimension,
     PILImageResampling,
-    SizeDict,
-    get_image_size_for_max_height_width,
-    pil_torch_interpolation_mapping,
-    torch_pil_interpolation_mapping,
 )
 from transformers.models.maskformer.image_processing_maskformer import binary_mask_to_rle
 from transformers.processing_utils import ImagesKwargs
-from transformers.utils import TensorType, cached_file, is_torchvision_greater_or_equal
+from transformers.utils import TensorType, cached_file
 
+from . import image_inputs
+from .image_inputs import (as_list, channel_dimension, channel_statistic, channels_of, image_to_tensor,
+                           interpolation_mode, label_map_to_tensor, match_channels, pad_size_dict, per_image_mappings,
+                           resample_filter, resize_label_maps, resize_output_size, size_dict, warn_once)
+from .image_inputs import pil_to_rgb, shortest_edge_size  # noqa: F401  (importable from here, as before)
 from .inference import instance_inference, panoptic_inference, semantic_inference, semantic_scores
 from .sliding_window import sliding_window_inference
 
@@ -49,15 +46,8 @@ except ImportError:  # older 5.x: the same fields on a plain BatchFeature
 
 logger = logging.getLogger(__name__)
 
-# Filters transformers' torchvision backend resizes with; BOX and HAMMING have no tensor kernel (it fails on them).
-_RESAMPLE = {k: v for k, v in pil_torch_interpolation_mapping.items()
-             if k not in (PILImageResampling.BOX, PILImageResampling.HAMMING)}
 
 
-@functools.lru_cache(maxsize=None)
-def _warn_once(message: str) -> None:
-    """A warning that an evaluation loop would otherwise repeat for every batch."""
-    logger.warning(message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,186 +162,20 @@ def _unique_ids(flat: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
 # ---------------------------------------------------------------------------------------------
 # Inputs -> tensors
 # ---------------------------------------------------------------------------------------------
-def pil_to_rgb(image: Image.Image) -> Image.Image:
-    """A PIL image of any mode -> RGB. 16-bit grey (``I;16*``, and ``I`` with values above 255) is
-    scaled to 8 bits (``v / 257``) instead of clipped at 255 as ``convert("RGB")`` would; palette,
-    grey, CMYK and alpha modes convert as PIL does (alpha dropped)."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image).astype(np.int64)
-        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
-        if low < 0 or high > 65535:
-            raise ValueError(f"image: {image.mode} pixels must lie in [0, 65535], got {low}..{high}")
-        if image.mode.startswith("I;16") or high > 255:
-            values = (values * 255 + 32767) // 65535
-        return Image.fromarray(values.astype(np.uint8), mode="L").convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _image_to_tensor(image: Any, index: int = 0, input_data_format: ChannelDimension | None = None,
-                     do_convert_rgb: bool | None = None) -> Tensor:
-    """PIL / numpy / torch image -> `(C, H, W)` uint8 or float32, with the channels it has.
-
-    The layout of a 3-d array or tensor is `input_data_format` when given; else numpy is HWC and
-    torch CHW where both read as 1, 3 or 4 channels, otherwise whichever does (PIL images are
-    always HWC). With `do_convert_rgb`, grey and RGBA become RGB as transformers converts them
-    (alpha composited over white). 16-bit integer arrays (``uint16``) are scaled to 8 bits
-    (``v / 257``) as 16-bit PIL images are; other integer types must hold 0-255 values. Float
-    pixels must be finite; bool and complex pixels, empty images and unknown layouts raise,
-    naming ``images[index]``."""
-    name = f"images[{index}]"
-    if isinstance(image, Image.Image):
-        if do_convert_rgb and ("A" in image.getbands() or "transparency" in image.info):
-            array = torch.from_numpy(convert_to_rgb(image, return_numpy=True))  # transformers' conversion
-        else:
-            array = torch.from_numpy(np.array(image if image.mode in ("RGB", "L", "RGBA") else pil_to_rgb(image)))
-        input_data_format, prefer_last = ChannelDimension.LAST, True
-    elif isinstance(image, np.ndarray):
-        if image.dtype.kind not in "biuf":
-            raise TypeError(f"{name}: expected integer (0-255) or floating point pixels, got {image.dtype}")
-        if image.dtype in (np.uint16, np.uint32, np.uint64):  # torch has few kernels for wide unsigned types
-            image = image.astype(np.int64) if image.dtype != np.uint16 else image.astype(np.int32) * 255 // 65535
-        array, prefer_last = torch.from_numpy(np.ascontiguousarray(image)), True
-    elif isinstance(image, Tensor):
-        array, prefer_last = image, False
-        if array.dtype == torch.uint16:
-            array = array.to(torch.int32) * 255 // 65535
-        elif array.dtype in (torch.uint32, torch.uint64):
-            array = array.to(torch.int64)
-    else:
-        raise TypeError(f"{name}: expected PIL images, numpy arrays or torch tensors, got {type(image).__name__}")
-    if array.ndim == 2:
-        array = array[None]
-    elif array.ndim == 3:
-        if input_data_format is None:
-            first, last = array.shape[0] in (1, 3, 4), array.shape[-1] in (1, 3, 4)
-            if not first and not last:
-                raise ValueError(f"{name}: expected 1, 3 or 4 channels (HWC or CHW), got shape {tuple(array.shape)}; "
-                                 "pass input_data_format for other channel counts")
-            input_data_format = ChannelDimension.LAST if last and (prefer_last or not first) else ChannelDimension.FIRST
-        if input_data_format == ChannelDimension.LAST:
-            array = array.permute(2, 0, 1)
-    else:
-        raise ValueError(f"{name}: expected (H, W), (H, W, C) or (C, H, W), got shape {tuple(array.shape)}")
-    if array.shape[1] < 1 or array.shape[2] < 1:
-        raise ValueError(f"{name}: expected an image of at least 1x1 pixels, got height {array.shape[1]} and "
-                         f"width {array.shape[2]}")
-    if array.dtype == torch.bool or array.is_complex():
-        raise TypeError(f"{name}: expected integer (0-255) or floating point pixels, got {array.dtype}")
-    if array.is_floating_point():
-        if not bool(torch.isfinite(array).all()):
-            raise ValueError(f"{name}: float pixels must be finite, found {int((~torch.isfinite(array)).sum())} "
-                             "NaN or infinite values")
-    elif array.dtype != torch.uint8:  # other integers: 0-255 values, as uint8
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 255:
-            raise ValueError(f"{name}: integer pixels must lie in [0, 255], got values {low}..{high} ({array.dtype}); "
-                             "16-bit images are read as uint16")
-        array = array.to(torch.uint8)
-    array = array if array.dtype == torch.uint8 else array.float()
-    if do_convert_rgb and array.shape[0] == 1:
-        array = array.expand(3, -1, -1)
-    elif do_convert_rgb and array.shape[0] == 4:  # transformers' conversion: alpha composited over white
-        rgb = convert_to_rgb(array.permute(1, 2, 0).cpu().numpy(), return_numpy=True,
-                             input_data_format=ChannelDimension.LAST)
-        array = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-    return array
 
 
-def _match_channels(image: Tensor, channels: int | None, index: int) -> Tensor:
-    """`image` `(C, H, W)` with the `channels` that ``image_mean``/``image_std`` describe (None: one
-    value for all, so any count): grey is replicated to RGB and RGBA loses its alpha, as PIL's
-    ``convert("RGB")`` does."""
-    count = image.shape[0]
-    if channels is None or count == channels:
-        return image
-    if channels == 3 and count == 1:
-        return image.expand(3, -1, -1)
-    if channels == 3 and count == 4:
-        return image[:3]
-    raise ValueError(f"images[{index}]: has {count} channels, but image_mean/image_std have {channels} values; "
-                     f"pass one value per channel (or a single value) for {count}-channel images")
 
 
-def _label_map_to_tensor(label_map: Any) -> Tensor:
-    """PIL / numpy / torch label map -> `(H, W)` integer tensor. 3-channel uint8 maps are COCO
-    panoptic PNGs: id = R + 256 G + 256^2 B."""
-    if isinstance(label_map, Image.Image):
-        if label_map.mode not in ("L", "P", "I", "I;16", "1", "RGB"):
-            raise ValueError(f"segmentation_maps: unsupported PIL mode {label_map.mode!r} (expected L, P, I, I;16 or RGB)")
-        array = torch.from_numpy(np.array(label_map).astype(np.int64) if label_map.mode in ("I;16", "I")
-                                 else np.array(label_map))
-        layout = "hwc"
-    elif isinstance(label_map, np.ndarray):
-        if label_map.dtype in (np.uint16, np.uint32, np.uint64):
-            label_map = label_map.astype(np.int64)
-        array, layout = torch.from_numpy(np.ascontiguousarray(label_map)), "hwc"
-    elif isinstance(label_map, Tensor):
-        array, layout = label_map, "chw"
-        if array.dtype in (torch.uint16, torch.uint32, torch.uint64):
-            array = array.to(torch.int64)
-    else:
-        raise TypeError(f"segmentation_maps: expected PIL images, numpy arrays or torch tensors, "
-                        f"got {type(label_map).__name__}")
-    if array.is_floating_point() or array.is_complex():
-        raise TypeError(f"segmentation_maps: expected integer ids, got {array.dtype}")
-    if array.dtype == torch.bool:
-        array = array.to(torch.uint8)
-    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]) and 3 not in (array.shape[0], array.shape[-1]):
-        array = array.squeeze(0 if array.shape[0] == 1 else -1)
-    if array.ndim == 3:
-        if array.shape[-1] == 3 and (layout == "hwc" or array.shape[0] != 3):
-            array = array.permute(2, 0, 1)
-        elif array.shape[0] != 3:
-            raise ValueError(f"segmentation_maps: expected (H, W) ids or (H, W, 3) RGB-encoded ids, got {tuple(array.shape)}")
-        rgb = array.to(torch.int64)
-        array = rgb[0] + 256 * rgb[1] + 65536 * rgb[2]
-    if array.ndim != 2:
-        raise ValueError(f"segmentation_maps: expected (H, W) per map, got shape {tuple(array.shape)}")
-    return array
 
 
-def _image_list(images: Any) -> list:
-    """Images as a flat list, as transformers takes them: lists (nested ones flattened), batched
-    `(B, ...)` 4-d arrays or tensors (also inside lists), or one image."""
-    if isinstance(images, (list, tuple)):
-        return [image for item in images for image in _image_list(item)]
-    if isinstance(images, (np.ndarray, Tensor)) and images.ndim == 4:
-        return list(images)
-    return [images]
 
 
-def _as_list(items: Any, batch_ndim: int, count: int | None = None) -> list:
-    """A list of per-image items: lists stay, a stacked array of `batch_ndim` dims is split
-    (label maps: a 3-d stack whose first dim is the number of images, when there are several)."""
-    if isinstance(items, (list, tuple)):
-        return list(items)
-    if isinstance(items, (np.ndarray, Tensor)) and (
-        items.ndim == batch_ndim + 1 or (count is not None and count > 1 and items.ndim == batch_ndim
-                                         and items.shape[0] == count)):
-        return list(items)
-    return [items]
 
 
-def _resize_label_maps(maps: list[Tensor], members: list[int], size: tuple[int, int]) -> None:
-    """Nearest-exact resizing of `maps[i]` `(H, W)` for `i` in `members` (all of one size), in place
-    in the list: uint8 maps in one batched kernel call, wider ids by exact index gathering."""
-    if all(maps[i].dtype == torch.uint8 for i in members):
-        stacked = torch.stack([maps[i] for i in members])[:, None]
-        resized = F.interpolate(stacked, size=size, mode="nearest-exact")[:, 0]
-        for j, i in enumerate(members):
-            maps[i] = resized[j]
-        return
-    height, width = maps[members[0]].shape
-    rows = _nearest_indices(height, size[0], maps[members[0]].device)
-    cols = _nearest_indices(width, size[1], maps[members[0]].device)
-    for i in members:
-        maps[i] = maps[i][rows[:, None], cols[None, :]]
 
 
-def _nearest_indices(size: int, new_size: int, device: torch.device) -> Tensor:
-    """Source index of each output index under nearest-exact resizing (torch's own kernel)."""
-    ramp = torch.arange(size, dtype=torch.float32, device=device).view(1, 1, size)
-    return F.interpolate(ramp, size=new_size, mode="nearest-exact").view(-1).long()
 
 
 class MaskFormerImageProcessorKwargs(ImagesKwargs, total=False):
@@ -430,15 +254,15 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
         if auto_map is not None:
             self.auto_map = auto_map
         self.do_resize = bool(do_resize)
-        self.size = _size_dict(size if size is not None else {"shortest_edge": 800, "longest_edge": 1333}, max_size,
+        self.size = size_dict(size if size is not None else {"shortest_edge": 800, "longest_edge": 1333}, max_size,
                                bool(options["default_to_square"]))
         self.size_divisor = int(size_divisor or 0)
-        self.resample = _resample(resample)
+        self.resample = resample_filter(resample)
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = bool(do_normalize)
-        self.image_mean, self.image_std = _statistic(image_mean, "image_mean"), _statistic(image_std, "image_std")
-        _channels(self.image_mean, self.image_std)
+        self.image_mean, self.image_std = channel_statistic(image_mean, "image_mean"), channel_statistic(image_std, "image_std")
+        channels_of(self.image_mean, self.image_std)
         self.ignore_index = ignore_index
         self.do_reduce_labels = bool(do_reduce_labels)
         self.num_labels = num_labels
@@ -447,12 +271,12 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
         for name, value in options.items():
             setattr(self, name, value)
         if options["pad_size"] is not None:
-            self.pad_size = _pad_size(options["pad_size"])
+            self.pad_size = pad_size_dict(options["pad_size"])
         for name in ("input_data_format", "data_format"):
             if options[name] is not None:
-                setattr(self, name, _channel_dimension(options[name], name).value)
+                setattr(self, name, channel_dimension(options[name], name).value)
         if options["return_tensors"] is not None:
-            self.return_tensors = _tensor_type(options["return_tensors"]).value
+            self.return_tensors = image_inputs.tensor_type(options["return_tensors"]).value
         if options["device"] is not None:
             self.device = str(options["device"])
 
@@ -519,22 +343,22 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
         s = {name: kwargs[name] if name in kwargs else getattr(self, name, None)
              for name in self._fields + self._options}
         return_tensors = kwargs["return_tensors"] if "return_tensors" in kwargs else (s["return_tensors"] or "pt")
-        tensor_type = None if return_tensors is None else _tensor_type(return_tensors)
-        layout = None if s["input_data_format"] is None else _channel_dimension(s["input_data_format"],
+        tensor_type = None if return_tensors is None else image_inputs.tensor_type(return_tensors)
+        layout = None if s["input_data_format"] is None else channel_dimension(s["input_data_format"],
                                                                                "input_data_format")
-        data_format = None if s["data_format"] is None else _channel_dimension(s["data_format"], "data_format")
+        data_format = None if s["data_format"] is None else channel_dimension(s["data_format"], "data_format")
         if data_format == ChannelDimension.LAST:
-            _warn_once("data_format='channels_last' is ignored: pixel_values are channels first, the layout the model "
+            warn_once("data_format='channels_last' is ignored: pixel_values are channels first, the layout the model "
                        "takes (transformers' MaskFormer processor ignores it too)")
         if s["do_center_crop"]:
-            _warn_once("do_center_crop is ignored: MaskFormer processors resize and pad, they do not crop "
+            warn_once("do_center_crop is ignored: MaskFormer processors resize and pad, they do not crop "
                        "(transformers' MaskFormer processor ignores it too)")
-        size = _size_dict(s["size"], None, bool(s["default_to_square"]))
-        resample = _resample(s["resample"])
-        mean, std = _statistic(s["image_mean"], "image_mean"), _statistic(s["image_std"], "image_std")
-        channels = _channels(mean, std)
-        image_list = [_match_channels(_image_to_tensor(image, i, layout, s["do_convert_rgb"]), channels, i)
-                      for i, image in enumerate(_image_list(images))]
+        size = size_dict(s["size"], None, bool(s["default_to_square"]))
+        resample = resample_filter(s["resample"])
+        mean, std = channel_statistic(s["image_mean"], "image_mean"), channel_statistic(s["image_std"], "image_std")
+        channels = channels_of(mean, std)
+        image_list = [match_channels(image_to_tensor(image, i, layout, s["do_convert_rgb"]), channels, i)
+                      for i, image in enumerate(image_inputs.image_list(images))]
         if not image_list:
             raise ValueError("images: expected at least one image")
         counts = sorted({x.shape[0] for x in image_list})
@@ -542,14 +366,14 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
             raise ValueError(f"images: expected one channel count for the batch, got {counts}")
         map_list = None
         if segmentation_maps is not None:
-            map_list = [_label_map_to_tensor(m) for m in _as_list(segmentation_maps, 3, len(image_list))]
+            map_list = [label_map_to_tensor(m) for m in as_list(segmentation_maps, 3, len(image_list))]
             if len(map_list) != len(image_list):
                 raise ValueError(f"segmentation_maps: expected one per image ({len(image_list)}), got {len(map_list)}")
             for i, (image, label_map) in enumerate(zip(image_list, map_list)):
                 if tuple(image.shape[-2:]) != tuple(label_map.shape):
                     raise ValueError(f"segmentation_maps[{i}]: size {tuple(label_map.shape)} differs from its image "
                                      f"{tuple(image.shape[-2:])}")
-        mappings = _per_image(instance_id_to_semantic_id, len(image_list))
+        mappings = per_image_mappings(instance_id_to_semantic_id, len(image_list))
         if s["do_rescale"] and any(x.is_floating_point() and x.numel() and float(x.max()) <= 1.0 for x in image_list):
             logger.warning("images: float pixels in [0, 1] with do_rescale=True are divided by %s again; pass "
                            "do_rescale=False if they are already scaled", 1 / s["rescale_factor"])
@@ -566,9 +390,9 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
                 for i in members:  # one by one: an HWC image's channels-last view takes the fast uint8
                     # kernel (3x faster than a stacked, contiguous batch)
                     image_list[i] = tvF.resize(image_list[i], list(new_size), antialias=True,
-                                               interpolation=_interpolation(resample, image_list[i].device))
+                                               interpolation=interpolation_mode(resample, image_list[i].device))
                 if map_list is not None:
-                    _resize_label_maps(map_list, members, new_size)
+                    resize_label_maps(map_list, members, new_size)
 
         # Rescale + normalise (one fused affine map per channel), pad.
         count = counts[0]
@@ -578,12 +402,12 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
         heights, widths = [x.shape[-2] for x in image_list], [x.shape[-1] for x in image_list]
         padded = (max(heights), max(widths))
         if s["pad_size"] is not None:
-            wanted = _pad_size(s["pad_size"])
+            wanted = pad_size_dict(s["pad_size"])
             if wanted["height"] < padded[0] or wanted["width"] < padded[1]:
                 raise ValueError(f"pad_size: {wanted} is smaller than the largest resized image {padded}")
             padded = (wanted["height"], wanted["width"])
         elif not s["do_pad"] and (len(set(heights)) > 1 or len(set(widths)) > 1):
-            _warn_once("do_pad=False, but the images differ in size after resizing: they are padded to one size "
+            warn_once("do_pad=False, but the images differ in size after resizing: they are padded to one size "
                        "(with a pixel_mask), as transformers' MaskFormer processor pads them; resize to a fixed size "
                        "to avoid padding")
         cpu = torch.device("cpu")
@@ -664,7 +488,7 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
         if label_ids_to_fuse is not None and num_labels is not None:
             fuse = {int(c) for c in label_ids_to_fuse}
             if any(not 0 <= c < num_labels for c in fuse):
-                _warn_once(f"label_ids_to_fuse: ids {sorted(c for c in fuse if not 0 <= c < num_labels)} are not "
+                warn_once(f"label_ids_to_fuse: ids {sorted(c for c in fuse if not 0 <= c < num_labels)} are not "
                            f"classes of this model ({num_labels}); they fuse nothing")
                 label_ids_to_fuse = sorted(c for c in fuse if 0 <= c < num_labels)
         return panoptic_inference(*logits, target_sizes=target_sizes, threshold=threshold,
@@ -683,9 +507,9 @@ class MaskFormerHfImageProcessor(BaseImageProcessor):
         (:func:`~maskformer_hf.sliding_window.sliding_window_inference`, docs/inference.md). Results
         are what ``post_process_<task>_segmentation`` returns, at `target_sizes` (default: each
         image's own size); `label_ids_to_fuse` defaults to the processor's."""
-        image_list = _image_list(images)
+        image_list = image_inputs.image_list(images)
         if target_sizes is None:
-            target_sizes = [tuple(_image_to_tensor(image, i).shape[-2:]) for i, image in enumerate(image_list)]
+            target_sizes = [tuple(image_to_tensor(image, i).shape[-2:]) for i, image in enumerate(image_list)]
         inputs = self.preprocess(image_list, **overrides)
         device = next(model.parameters()).device
         return sliding_window_inference(
@@ -754,131 +578,28 @@ def _config_beside(pretrained_model_name_or_path: str | os.PathLike, hub: Mappin
     return None if config_file is None else json.loads(Path(config_file).read_text())
 
 
-def shortest_edge_size(shortest_edge: int) -> dict[str, int]:
-    """The ``size`` setting "shortest edge `shortest_edge`, longest at most 4x that" (used for an
-    evaluation size and for ``maskformer-hf segment --size``)."""
-    return {"shortest_edge": int(shortest_edge), "longest_edge": 4 * int(shortest_edge)}
 
 
-def resize_output_size(height: int, width: int, size: Mapping[str, int], size_divisor: int = 0) -> tuple[int, int]:
-    """Output `(height, width)` for an image of `(height, width)`: shortest edge (capped by the
-    longest edge; each side at least 1), within ``max_height`` x ``max_width`` (aspect kept, as
-    transformers), or a fixed size; then rounded up to a multiple of `size_divisor`."""
-    if "shortest_edge" in size:
-        new_h, new_w = get_size_with_aspect_ratio((height, width), size["shortest_edge"], size.get("longest_edge"))
-    elif "max_height" in size:
-        new_h, new_w = get_image_size_for_max_height_width((height, width), size["max_height"], size["max_width"])
-    else:
-        new_h, new_w = size["height"], size["width"]
-    new_h, new_w = max(1, new_h), max(1, new_w)  # an extreme aspect (10000x8) under a longest edge: 1 px, not 0
-    if size_divisor:
-        new_h, new_w = -(-new_h // size_divisor) * size_divisor, -(-new_w // size_divisor) * size_divisor
-    return int(new_h), int(new_w)
 
 
-_SIZE_KEYS = ({"shortest_edge"}, {"shortest_edge", "longest_edge"}, {"max_height", "max_width"}, {"height", "width"})
 
 
-def _size_dict(size: Mapping[str, int] | int | Sequence[int] | Any, max_size: int | None,
-               default_to_square: bool = False) -> dict[str, int]:
-    """``size`` in any of transformers' forms (dict, ``SizeDict``, an int: shortest edge, or a square
-    with `default_to_square`; a `(height, width)` pair) as a dict of ints."""
-    if isinstance(size, SizeDict):
-        size = dict(size)
-    elif isinstance(size, (int, np.integer, list, tuple)):
-        size = get_size_dict(int(size) if isinstance(size, (int, np.integer)) else tuple(size), max_size=max_size,
-                             default_to_square=default_to_square)
-    elif not isinstance(size, Mapping):
-        raise ValueError(f"size: expected a dict, an int or a (height, width) pair, got {size!r}")
-    size = {k: int(v) for k, v in dict(size).items() if v is not None}
-    if max_size is not None and "shortest_edge" in size:
-        size.setdefault("longest_edge", int(max_size))
-    if set(size) not in _SIZE_KEYS:
-        raise ValueError(f"size: expected {{'shortest_edge'[, 'longest_edge']}}, {{'max_height', 'max_width'}} or "
-                         f"{{'height', 'width'}}, got {size}")
-    if min(size.values()) < 1:
-        raise ValueError(f"size: expected positive sizes, got {size}")
-    return size
 
 
-def _pad_size(pad_size: Mapping[str, int] | SizeDict | Any) -> dict[str, int]:
-    """``pad_size`` as ``{"height", "width"}`` ints (a dict, ``SizeDict``, an int or a pair, as in transformers)."""
-    if isinstance(pad_size, SizeDict):
-        pad_size = dict(pad_size)
-    elif not isinstance(pad_size, Mapping):
-        pad_size = get_size_dict(pad_size, param_name="pad_size")
-    pad_size = {k: int(v) for k, v in dict(pad_size).items() if v is not None}
-    if set(pad_size) != {"height", "width"} or min(pad_size.values()) < 1:
-        raise ValueError(f"pad_size: expected {{'height', 'width'}} of positive ints, got {pad_size}")
-    return pad_size
 
 
-def _resample(value: Any) -> PILImageResampling:
-    """A ``resample`` setting (PIL filter, its int, or a torchvision ``InterpolationMode``) as a PIL filter
-    transformers' torchvision backend can resize with."""
-    if isinstance(value, tvF.InterpolationMode):
-        value = torch_pil_interpolation_mapping.get(value, value)
-    try:
-        value = PILImageResampling(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"resample: expected a PILImageResampling filter or InterpolationMode, got {value!r}"
-                         ) from None
-    if value not in _RESAMPLE:
-        raise ValueError(f"resample: expected NEAREST, BILINEAR, BICUBIC or LANCZOS (torchvision has no {value.name} "
-                         f"kernel for tensors), got {value!r}")
-    return value
 
 
-def _interpolation(resample: PILImageResampling, device: torch.device) -> tvF.InterpolationMode:
-    mode = _RESAMPLE[resample]
-    if mode == tvF.InterpolationMode.LANCZOS and (device.type != "cpu" or not is_torchvision_greater_or_equal("0.27")):
-        _warn_once("resample=LANCZOS needs torchvision >= 0.27 and CPU tensors; using BICUBIC, as transformers does")
-        return tvF.InterpolationMode.BICUBIC
-    return mode
 
 
-def _statistic(value: float | Sequence[float], name: str) -> float | list[float]:
-    """``image_mean`` / ``image_std``: one value for every channel, or one per channel."""
-    values = [float(value)] if isinstance(value, (int, float, np.number)) else [float(v) for v in value]
-    if not values or (name == "image_std" and min(values) <= 0):
-        raise ValueError(f"{name}: expected a number or one number per channel{' (> 0)' if 'std' in name else ''}, "
-                         f"got {value!r}")
-    return values[0] if isinstance(value, (int, float, np.number)) else values
 
 
-def _channels(mean: float | list[float], std: float | list[float]) -> int | None:
-    """The channel count that ``image_mean`` and ``image_std`` describe (None: any)."""
-    counts = {len(v) for v in (mean, std) if isinstance(v, list)}
-    if len(counts) > 1:
-        raise ValueError(f"image_mean/image_std: expected as many values, got {mean} / {std}")
-    return counts.pop() if counts else None
 
 
-def _channel_dimension(value: Any, name: str) -> ChannelDimension:
-    try:
-        return ChannelDimension(value.value if isinstance(value, ChannelDimension) else value)
-    except ValueError:
-        raise ValueError(f"{name}: expected 'channels_first' or 'channels_last' (ChannelDimension), got {value!r}"
-                         ) from None
 
 
-def _tensor_type(value: Any) -> TensorType:
-    try:
-        tensor_type = TensorType(value.value if isinstance(value, TensorType) else value)
-    except ValueError:
-        tensor_type = None
-    if tensor_type not in (TensorType.PYTORCH, TensorType.NUMPY):
-        raise ValueError(f"return_tensors: expected 'pt', 'np' or None, got {value!r}")
-    return tensor_type
 
 
-def _per_image(mapping: Any, count: int) -> list[Mapping[int, int] | None]:
-    if mapping is None or isinstance(mapping, Mapping):
-        return [mapping] * count
-    mapping = list(mapping)
-    if len(mapping) != count:
-        raise ValueError(f"instance_id_to_semantic_id: expected one dict per image ({count}), got {len(mapping)}")
-    return mapping
 
 
 def _logits(outputs: Any, num_labels: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -896,7 +617,7 @@ def _logits(outputs: Any, num_labels: int | None = None) -> tuple[Tensor, Tensor
                          f"got {type(outputs).__name__}")
     if num_labels is not None and isinstance(class_logits, Tensor) and class_logits.ndim and \
             class_logits.shape[-1] != num_labels + 1:
-        _warn_once(f"class_queries_logits: {class_logits.shape[-1]} classes (with no-object), where this processor's "
+        warn_once(f"class_queries_logits: {class_logits.shape[-1]} classes (with no-object), where this processor's "
                    f"num_labels={num_labels} expects {num_labels + 1}; post-processing uses the logits' "
                    f"{class_logits.shape[-1] - 1} classes (is it the model's processor?)")
     return class_logits, mask_logits, get("pixel_mask")

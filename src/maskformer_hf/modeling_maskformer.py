@@ -21,9 +21,8 @@ from transformers.utils import ModelOutput
 from .backbones import MaskFormerBackbone
 from .configuration_maskformer import MaskFormerConfig, MaskFormerHfConfig
 from .loss_maskformer import MaskFormerLoss, PerPixelLoss
-from .pixel_decoder import ConvNorm, MaskFormerPixelDecoder, matched_mask_logits, zero_padding
-from .transformer_decoder import (AttentionWeights, DecoderLayer, EncoderLayer, FeedForward,
-                                  MaskFormerTransformerModule, MultiHeadAttention)
+from .pixel_decoder import MaskFormerPixelDecoder, matched_mask_logits, zero_padding
+from .transformer_decoder import (AttentionWeights, MaskFormerTransformerModule)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from PIL import Image, ImageOps
 
 from . import visualize
 from .data.schema import id_to_rgb
-from .image_processing_maskformer import pil_to_rgb, shortest_edge_size
+from .image_inputs import pil_to_rgb, shortest_edge_size
 from .visualize import label_name, to_numpy
 
 logger = logging.getLogger(__name__)

@@ -450,7 +450,7 @@ def build_model_and_processor(config: TrainConfig, metadata: Any):
     ``label_ids_to_fuse``. The processor keeps the checkpoint's resizing and normalisation unless
     ``config.eval_size`` is set."""
     from . import PRESETS, MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
-    from .image_processing_maskformer import shortest_edge_size
+    from .image_inputs import shortest_edge_size
 
     id2label = {int(k): v for k, v in metadata.id2label.items()}
     overrides = config.model_overrides

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .image_processing_maskformer import pil_to_rgb
+from .image_inputs import pil_to_rgb
 
 OUTLINE = (255, 255, 255)
 _GOLDEN = 0.6180339887498949
