@@ -230,8 +230,11 @@ def test_quick_ablation_writes_results_from_its_runs(tmp_path, capsys):
     assert (out / "ablation_classes.png").stat().st_size > 1000 and (out / "ablation_curves.png").exists()
     records = sorted((out / "runs").glob("*/record.json"))
     assert len(records) == 5  # 4 variants + 1 queries run
-    record = json.loads(records[0].read_text())
-    assert 0.0 <= record["mean_iou"] <= 1.0 and len(record["curve"]) == 2
+    for record in map(json.loads, (r.read_text() for r in records)):  # the page is made of the records
+        steps = record["budget"]["steps"]
+        assert [step for step, _ in record["curve"]] == [steps // 2, steps]  # two curve points, the last at the end
+        assert record["curve"][-1][1] == record["mean_iou"]  # the final evaluation is the curve's last point
+        assert f"| {record['name']} | {record['mean_iou'] * 100:.1f} | {record['pq_stuff'] * 100:.1f} |" in text
     # a second invocation reads the records back instead of training again
     before = [r.stat().st_mtime for r in records]
     assert main(["ablate", "--quick", "--out", str(out), "--class-counts", "4", "--queries", "4", "--no-demo"]) == 0

@@ -182,7 +182,10 @@ def write_eval_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = MaskFormerForUniversalSegmentation(tiny_config(
         backbone=None, backbone_config=tiny_hf_backbone_config("resnet"), num_labels=len(metadata.id2label),
-        id2label=dict(metadata.id2label)))
+        id2label=dict(metadata.id2label), learned_query_features=True))
+    with torch.no_grad():  # queries of their own, confident scores: maps that depend on what a window sees
+        model.class_predictor.weight.mul_(50.0)
+        model.mask_embedder.layers[-1].weight.mul_(10.0)
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     MaskFormerImageProcessor(size={"shortest_edge": 96, "longest_edge": 384}).save_pretrained(folder)
@@ -198,7 +201,9 @@ def test_evaluate_slide_command_and_its_errors(tmp_path, capsys):
         assert cli_main([*common, *flags, "--output", str(tmp_path / f"{name}.json")]) == 0
         reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert reports["slide"]["slide"] == [64, 40] and reports["whole"]["slide"] is None
-    assert 0 <= reports["slide"]["mean_iou"] <= 1 and 0 <= reports["slide"]["pq"] <= 1
+    # 64-pixel windows 40 apart see other context than the whole 96-pixel image: other maps, other scores
+    # (an evaluation that ignored --slide would give the whole-image numbers).
+    assert reports["slide"]["per_category_iou"] != reports["whole"]["per_category_iou"]
     for key in ("mean_iou", "pq", "sq", "rq"):  # a window as large as the 96-pixel images: whole-image numbers
         assert reports["one"][key] == reports["whole"][key]
     capsys.readouterr()

@@ -47,14 +47,29 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert 0 <= metrics["mean_iou"] <= 1 and "pq" in metrics
     logged = [json.loads(line) for line in (Path(straight.output_dir) / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4]
+    assert_learns(Path(straight.output_dir))
+    # The recorded metrics are those of the saved model, evaluated afresh by the command line.
+    report = tmp_path / "report.json"
+    cli_main(["evaluate", "--model", f"{straight.output_dir}/model", "--dataset", "synthetic", "--data_dir",
+              straight.data_dir, "--output", str(report)])
+    evaluated = json.loads(report.read_text())
+    assert evaluated["mean_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-9)
+    assert evaluated["pq"] == pytest.approx(metrics["pq"], abs=1e-9)
     saved = json.loads((Path(straight.output_dir) / "metrics.json").read_text())
     assert saved["mean_iou"] == pytest.approx(metrics["mean_iou"])
     card = (Path(straight.output_dir) / "model" / "README.md").read_text()
     assert "mean_iou" in card and "pipeline_tag: image-segmentation" in card
     check_demo_report(Path(straight.output_dir))
+
+
+def assert_learns(run: Path, margin: float = 0.9) -> None:
+    """The logged training loss falls: some later step below ``margin`` x the first step's (seeds 42, 1
+    and 7 of the tiny recipe give 0.80, 0.83 and 0.73 within 4 steps)."""
+    losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) >= 2 and min(losses[1:]) < margin * losses[0], losses
 
 
 def load_script(name: str):
@@ -97,8 +112,8 @@ def test_two_process_cpu_run_of_the_script(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     metrics = json.loads((Path(config.output_dir) / "metrics.json").read_text())
-    assert 0 <= metrics["mean_iou"] <= 1 and 0 <= metrics["pq"] <= 1
-    assert (Path(config.output_dir) / "model" / "config.json").exists()
+    assert set(metrics) >= {"mean_iou", "pq"} and (Path(config.output_dir) / "model" / "config.json").exists()
+    assert_learns(Path(config.output_dir))
 
 
 def test_trainer_route_and_evaluate_command(tmp_path):
@@ -106,12 +121,16 @@ def test_trainer_route_and_evaluate_command(tmp_path):
 
     config = tiny_recipe(tmp_path, max_steps=2, eval_every=2)
     metrics = train_with_trainer(config)
-    assert 0 <= metrics["eval_mean_iou"] <= 1 and "eval_pq" in metrics and "eval_loss" in metrics
+    assert "eval_loss" in metrics
     report = tmp_path / "report.json"
     cli_main(["evaluate", "--model", f"{config.output_dir}/model", "--dataset", "synthetic", "--data_dir",
               config.data_dir, "--output", str(report)])
     result = json.loads(report.read_text())
-    assert result["images"] == 4 and 0 <= result["mean_iou"] <= 1 and 0 <= result["pq"] <= 1
+    # Trainer's batched compute_metrics (at the processed resolution) and the evaluate command (at the
+    # images' own) score the same model alike: two routes to one number.
+    assert result["images"] == 4
+    assert result["mean_iou"] == pytest.approx(metrics["eval_mean_iou"], abs=1e-6)
+    assert result["pq"] == pytest.approx(metrics["eval_pq"], abs=1e-6)
     # The Trainer route saves the same final folder as the accelerate loop: metrics, record, card.
     from huggingface_hub import ModelCard
 
@@ -143,7 +162,7 @@ def test_fine_tuning_a_checkpoint_on_other_classes(tmp_path):
                                  max_steps=2, per_device_batch_size=2, crop_size=64, num_workers=0,
                                  output_dir=str(tmp_path / "trainer"))
     metrics = train_with_trainer(trainer_config)
-    assert 0 <= metrics["eval_mean_iou"] <= 1 and "eval_pq" in metrics
+    assert {"eval_mean_iou", "eval_pq"} <= set(metrics)
     for run in ("cli", "trainer"):
         model = MaskFormerForUniversalSegmentation.from_pretrained(tmp_path / run / "model")
         processor = MaskFormerImageProcessor.from_pretrained(tmp_path / run / "model")
@@ -151,4 +170,6 @@ def test_fine_tuning_a_checkpoint_on_other_classes(tmp_path):
         assert [model.config.id2label[i] for i in range(12)] == names
         assert model.config.stuff_label_ids == list(range(8, 12))
         assert processor.num_labels == 12 and processor.label_ids_to_fuse == list(range(8, 12))
-    assert 0 <= json.loads((tmp_path / "cli" / "metrics.json").read_text())["pq"] <= 1
+    # Both runs evaluate on the data's 12 classes: 8 things, 4 stuff.
+    recorded = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert len(recorded["per_category_iou"]) == 12 and recorded["n_things"] + recorded["n_stuff"] == recorded["n"]
