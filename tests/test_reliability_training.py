@@ -1,7 +1,7 @@
 """Training faults lose nothing, and reduced precision cannot break the matcher.
 
 * A real ``maskformer-hf train`` process (and a ``torchrun`` pair of them) is SIGKILLed several times
-  at seeded random moments, one of them while a checkpoint is being written, and restarted with
+  at hook points (inside a checkpoint write, at a seeded step, inside the final save), and restarted with
   ``--resume_from latest`` each time: it goes on from the last complete checkpoint (every checkpoint
   that looks complete is), and its final weights and log equal an uninterrupted run's, bit for bit.
 * A NaN injected for one image is reported by its id: skipped (no optimizer step, buffers restored,
@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -77,17 +76,21 @@ def free_port() -> int:
             return port
 
 
+WORKER = Path(__file__).parent / "workers" / "train_with_fault.py"  # maskformer-hf train, killed at a hook
+
+
 def train_command(processes: int) -> list[str]:
     if processes == 1:
-        script = Path(sys.executable).with_name("maskformer-hf")  # the console script
-        return [str(script), "train"] if script.exists() else [sys.executable, "-m", "maskformer_hf.cli", "train"]
+        return [sys.executable, str(WORKER)]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
-            "127.0.0.1", "--master_port", str(free_port()), "-m", "maskformer_hf.cli", "train"]
+            "127.0.0.1", "--master_port", str(free_port()), str(WORKER)]
 
 
-def launch(processes: int, recipe: dict, log: Path) -> subprocess.Popen:
+def launch(processes: int, recipe: dict, log: Path, fault: str | None = None) -> subprocess.Popen:
+    """A training launch; ``fault`` (tests/workers/train_with_fault.py) names where it kills itself."""
+    env = dict(CHILD_ENV, **({"MASKFORMER_HF_TEST_FAULT": fault} if fault else {}))
     with log.open("w") as out:  # the child keeps its own descriptor
-        return subprocess.Popen([*train_command(processes), *flags(recipe)], env=CHILD_ENV, stdout=out,
+        return subprocess.Popen([*train_command(processes), *flags(recipe)], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -105,47 +108,6 @@ def kill_all(proc: subprocess.Popen) -> None:
             pass
     psutil.wait_procs(family, timeout=30)
     proc.wait(timeout=30)
-
-
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0, interval: float = 0.002) -> bool:
-    """Poll ``condition`` until it holds (True) or ``proc`` has exited (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if proc.poll() is not None:
-            return bool(condition())
-        time.sleep(interval)
-    raise TimeoutError("the training process neither reached the kill moment nor finished")
-
-
-def trained_past(run: Path, step: int, since: float):
-    """Whether the launch started at ``since`` has logged a training step after ``step`` (its log is
-    rewritten at start-up; until then it holds what the killed launch logged)."""
-    def check() -> bool:
-        try:
-            if (run / "log.jsonl").stat().st_mtime < since:
-                return False
-            lines = (run / "log.jsonl").read_text().splitlines()
-        except FileNotFoundError:
-            return False
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # being written
-                continue
-            if "lr" in record and record["step"] > step:
-                return True
-        return False
-    return check
-
-
-def saved_past(run: Path, step: int):
-    """Whether a checkpoint after ``step`` is complete."""
-    def check() -> bool:
-        latest = latest_checkpoint(run)
-        return latest is not None and int(latest.name[5:]) > step
-    return check
 
 
 def partial_checkpoint(run: Path):
@@ -187,14 +149,17 @@ def log_records(run: Path) -> list[dict]:
 
 
 def kill_and_resume(tmp_path: Path, data_dir: str, processes: int, recipe: dict, plan: list[str]) -> dict:
-    """Run ``recipe`` uninterrupted (alongside) and again with a SIGKILL at each moment of ``plan``
-    ("checkpoint": as soon as a ``*.partial`` folder appears; "random": a seeded delay into training;
-    "final": a seeded delay after the last checkpoint, in the final evaluation or model save), each
-    restart with ``--resume_from latest``; then compare. Returns the figures."""
+    """Run ``recipe`` uninterrupted (alongside) and again with a SIGKILL at each moment of ``plan``, each
+    restart with ``--resume_from latest``; then compare. The kills come from inside the process, at hook
+    points (tests/workers/train_with_fault.py), so each lands where the plan says whatever the load:
+    "checkpoint": inside the launch's second checkpoint write (its files in ``step_N.partial``);
+    "random": as a seeded optimizer step of the launch begins, after its first checkpoint;
+    "final": inside the final model's write. Returns the figures."""
     rng = random.Random(SEED + processes)
     reference_run, run = tmp_path / "uninterrupted", tmp_path / "killed"
     common = {**recipe, "data_dir": data_dir, "resume_from": "latest"}
     reference = launch(processes, {**common, "output_dir": str(reference_run)}, tmp_path / "uninterrupted.txt")
+    save_every = recipe["save_every"]
     proc = None
     try:
         keys = None
@@ -202,35 +167,26 @@ def kill_and_resume(tmp_path: Path, data_dir: str, processes: int, recipe: dict,
         plan = list(plan)
         while True:
             launches += 1
-            before = latest_checkpoint(run)
-            before_step = int(before.name[5:]) if before else 0
             output = tmp_path / f"launch{launches}.txt"
-            since = time.time()
-            proc = launch(processes, {**common, "output_dir": str(run)}, output)
             moment = plan.pop(0) if plan else None
-            reached = False
-            if moment == "checkpoint":  # the launch's second checkpoint write (so that each launch gets on)
-                reached = wait_for(saved_past(run, before_step), proc) and wait_for(partial_checkpoint(run), proc,
-                                                                                    interval=0.0002)
-            elif moment == "random":
-                reached = wait_for(trained_past(run, before_step, since), proc)
-                time.sleep(rng.uniform(0.0, 0.6))
-            elif moment == "final":
-                last = run / "checkpoints" / f"step_{recipe['max_steps']:07d}" / "trainer_state.json"
-                reached = wait_for(last.exists, proc, interval=0.001)
-                time.sleep(rng.uniform(0.0, 0.05))  # the evaluation alone takes longer
-            if moment is None or not reached or proc.poll() is not None:
-                assert proc.wait(timeout=300) == 0, output.read_text()[-4000:]
+            fault = {"checkpoint": "checkpoint:2", "random": f"step:{rng.randint(save_every + 1, 2 * save_every)}",
+                     "final": "final", None: None}[moment]
+            proc = launch(processes, {**common, "output_dir": str(run)}, output, fault)
+            code = proc.wait(timeout=600)
+            if moment is None:
+                assert code == 0, output.read_text()[-4000:]
                 break
-            kill_all(proc)
+            assert code != 0, f"{fault}: the launch finished without reaching its kill\n{output.read_text()[-2000:]}"
+            kill_all(proc)  # a torchrun worker its agent has not taken down yet
             landed_in_write = partial_checkpoint(run)()
+            assert landed_in_write == (moment == "checkpoint"), (moment, landed_in_write)
             during_checkpoint += landed_in_write
-            if moment == "checkpoint" and not landed_in_write and plan.count("checkpoint") < 2:
-                plan.insert(0, "checkpoint")  # the write was over before the kill: try once more
+            if moment == "final":  # the final model was being written: only its partial folder exists
+                assert (run / "model.partial").is_dir() and not (run / "model").exists()
             if keys is None and latest_checkpoint(run):
                 keys = set(load_file(latest_checkpoint(run) / "model.safetensors"))
             steps = check_complete_checkpoints(run, processes, keys) if keys else []
-            kills.append({"moment": moment, "during_checkpoint_write": landed_in_write,
+            kills.append({"moment": fault, "during_checkpoint_write": landed_in_write,
                           "latest_complete_step": max(steps, default=0)})
             resumed_at.append(max(steps, default=0))
     except BaseException:  # a failing test leaves no training process behind
@@ -277,7 +233,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_weights(tmp_path, data_d
     record_property("kills", figures)
     print(f"single process: {figures['kills']} SIGKILLs survived, {figures['during_checkpoint_write']} during a "
           f"checkpoint write: {figures['detail']}")
-    assert figures["kills"] >= 3 and figures["during_checkpoint_write"] >= 1
+    assert figures["kills"] == len(plan) and figures["during_checkpoint_write"] == plan.count("checkpoint")
 
 
 def test_sigkilled_torchrun_run_resumes_to_the_uninterrupted_weights(tmp_path, data_dir, record_property):
@@ -287,7 +243,7 @@ def test_sigkilled_torchrun_run_resumes_to_the_uninterrupted_weights(tmp_path, d
     record_property("kills", figures)
     print(f"torchrun, 2 processes: {figures['kills']} SIGKILLs survived, {figures['during_checkpoint_write']} "
           f"during a checkpoint write: {figures['detail']}")
-    assert figures["kills"] >= 2 and figures["during_checkpoint_write"] >= 1
+    assert figures["kills"] == len(plan) and figures["during_checkpoint_write"] == plan.count("checkpoint")
     # One schedule step per global step, as with one process (not one per process).
     lrs = [r["lr"] for r in log_records(tmp_path / "killed") if "lr" in r]
     assert lrs == pytest.approx([1e-3 * (1 - step / max_steps) ** 0.9 for step in range(1, max_steps + 1)], rel=1e-6)
