@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-from transformers import MaskFormerConfig as HFMaskFormerConfig
+import os
+
+# torch.compile compiles on first use in every process that computes a loss (tens of seconds on 2 cores,
+# again per process and shape): off for the whole suite, child processes included. The tests of the
+# compiled kernels switch it on themselves (tests/test_swin_and_ops.py).
+os.environ.setdefault("MASKFORMER_HF_COMPILE", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import MaskFormerConfig as HFMaskFormerConfig  # noqa: E402
 from transformers import MaskFormerForInstanceSegmentation, ResNetConfig, SwinConfig
 
 from maskformer_hf import MaskFormerConfig
