@@ -342,7 +342,8 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_s
     hub = FakeHub(workspace / HUB)
     hub.install(monkeypatch)
     monkeypatch.setenv("HF_TOKEN", "hf_docs_token")
-    monkeypatch.setenv("MASKFORMER_HF_CACHE", str(workspace / ".cache"))  # optimize's decisions stay in the workspace
+    # optimize's decisions: shared by the pages (each measures the same demo checkpoint), never the user's.
+    monkeypatch.setenv("MASKFORMER_HF_CACHE", str(shared / ".cache"))
     namespace: dict = {"__name__": "__docs__"}
     ran = 0
     for language, code in blocks:

@@ -217,3 +217,28 @@ def test_segment_fast_writes_what_the_eager_model_writes(trained_checkpoint, tmp
         eager = np.array(Image.open(tmp_path / "eager" / f"im{seed}_semantic.png"))
         fast = np.array(Image.open(tmp_path / "fast" / f"im{seed}_semantic.png"))
         assert (eager == fast).mean() >= 0.999
+
+
+def test_segment_fast_calibrates_at_the_size_the_model_sees(trained_checkpoint, tmp_path, monkeypatch, capsys):
+    import maskformer_hf.optimize as optimize_module
+
+    processor = MaskFormerImageProcessor.from_pretrained(trained_checkpoint)
+    edge = processor.size["shortest_edge"]
+    assert optimize_module.calibration_size(processor) == edge
+    assert optimize_module.calibration_size(processor, size=96) == 96
+    assert optimize_module.calibration_size(MaskFormerImageProcessor(size={"height": 48, "width": 80})) == 80
+    assert optimize_module.calibration_size(object()) == 512
+    seen = []
+
+    def measure(model, example, candidates, repeats):  # what --fast measures on, instead of measuring
+        seen.append(tuple(example.shape))
+        return [{"mode": "fp32", "seconds": 1.0, "agreement": 1.0, "max_abs_diff": 0.0}]
+
+    monkeypatch.setattr(optimize_module, "measure_modes", measure)
+    monkeypatch.setenv("MASKFORMER_HF_CACHE", str(tmp_path / "cache"))
+    Image.fromarray(scene(40, 56, 3)[0]).save(tmp_path / "im.png")
+    common = ["segment", str(tmp_path / "im.png"), "--model", str(trained_checkpoint), "--task", "semantic", "--quiet"]
+    assert cli_main([*common, "--fast", "--out", str(tmp_path / "a")]) == 0
+    assert cli_main([*common, "--fast", "--size", "48", "--out", str(tmp_path / "b")]) == 0
+    assert seen == [(4, 3, edge, edge), (4, 3, 48, 48)]
+    assert "fast inference: fp32" in capsys.readouterr().err

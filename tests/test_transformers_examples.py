@@ -72,6 +72,9 @@ def test_instance_segmentation_example_trains_and_scores_our_checkpoint(example_
         ".MaskFormerHfForUniversalSegmentation")
     assert result["processor_class"].startswith(package) and result["processor_class"].endswith(
         ".MaskFormerHfImageProcessor")
+    # datasets fingerprints the example's transform (the partial holding the processor) by pickling it;
+    # a processor class from a checkpoint's own code used to be copied by value (a minute, then a failure).
+    assert result["transform_fingerprinted"]
     metrics = result["metrics"]
     # threshold=0.0: every query's best class with a non-empty mask is a prediction (transformers' convention;
     # the overlap rule used to leave none, and the script died on KeyError 'map_per_class').

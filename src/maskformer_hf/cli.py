@@ -191,12 +191,13 @@ def run_segment(args: argparse.Namespace) -> int:
         print(f"--model {args.model}: could not load a checkpoint ({type(error).__name__}: {error})", file=sys.stderr)
         return 2
     if args.fast or args.fast_mode:
-        from .optimize import optimize
+        from .optimize import calibration_batch, calibration_size, optimize
 
         if model.device.type != "cpu":
             print(f"--fast: CPU modes; the model is on {model.device} (use --device cpu)", file=sys.stderr)
             return 2
-        model = optimize(model, args.fast_mode or "auto")
+        example = None if args.fast_mode else calibration_batch(size=calibration_size(processor, args.size))
+        model = optimize(model, args.fast_mode or "auto", example=example)
         print(f"fast inference: {model.mode}", file=sys.stderr)
     run = segment_files(paths, model, processor, args.out, task=args.task, batch_size=args.batch_size,
                         threshold=args.threshold, mask_threshold=args.mask_threshold,
@@ -232,7 +233,8 @@ def segment_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--fast", action="store_true",
                         help="CPU: run through the fastest inference mode whose semantic maps agree with fp32 on "
-                             ">= 99%% of pixels, measured here once and cached (maskformer_hf.optimize)")
+                             ">= 99%% of pixels, measured here once (at the size the model sees the images) and cached "
+                             "(maskformer_hf.optimize)")
     parser.add_argument("--fast-mode", "--fast_mode", dest="fast_mode", choices=MODES, default=None,
                         help="CPU: this inference mode instead of measuring (see docs/deployment.md)")
     return parser

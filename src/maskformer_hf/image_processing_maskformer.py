@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -621,3 +622,14 @@ def _logits(outputs: Any, num_labels: int | None = None) -> tuple[Tensor, Tensor
                    f"num_labels={num_labels} expects {num_labels + 1}; post-processing uses the logits' "
                    f"{class_logits.shape[-1] - 1} classes (is it the model's processor?)")
     return class_logits, mask_logits, get("pixel_mask")
+
+
+# Loaded as a checkpoint's own code (``trust_remote_code=True``), this module is in ``sys.modules`` but not
+# an attribute of its package, so pickling by reference cannot find the class by its name. ``datasets``
+# fingerprints ``with_transform(partial(fn, image_processor=...))`` with dill, which then copies the class by
+# value, module globals and all: a minute of work per transform ending in a RecursionError and a random
+# fingerprint (transformers' run_instance_segmentation.py does exactly this). Bound to its package, the
+# class is found by name, as when the package is installed.
+_package, _, _name = __name__.rpartition(".")
+if _package in sys.modules and not hasattr(sys.modules[_package], _name):
+    setattr(sys.modules[_package], _name, sys.modules[__name__])

@@ -21,7 +21,9 @@ openvino-bf16      OpenVINO with bf16 inference precision (native-bf16 CPUs only
 =================  ===============================================================================
 
 ``mode="auto"`` runs every available mode of :data:`AUTO_CANDIDATES` on a calibration batch (by
-default :func:`calibration_batch`: synthetic scenes at 512 x 512 through ImageNet normalisation),
+default :func:`calibration_batch`: synthetic scenes at 512 x 512 through ImageNet normalisation;
+``maskformer-hf segment --fast`` calibrates at the size its processor gives images,
+:func:`calibration_size`, since the fastest mode at one size need not be the fastest at another),
 keeps those whose semantic maps agree with fp32 on at least ``min_agreement`` of the pixels, and
 returns the fastest (median of ``repeats`` timed calls). The decision is stored in
 ``$MASKFORMER_HF_CACHE/optimize.json`` (default ``~/.cache/maskformer_hf``), keyed by the weights,
@@ -281,6 +283,19 @@ def calibration_batch(batch_size: int = 4, size: int = 512, seed: int = 0) -> Te
         images.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     return (torch.stack(images) - mean) / std
+
+
+def calibration_size(processor: Any, size: int | None = None) -> int:
+    """The square side to calibrate at for images that go through `processor`: `size` when given (a
+    shortest edge, as ``segment --size``), else the processor's shortest edge or fixed height/width
+    (the larger), else 512."""
+    if size is not None:
+        return int(size)
+    setting = dict(getattr(processor, "size", None) or {})
+    for keys in (("shortest_edge",), ("height", "width"), ("max_height", "max_width")):
+        if all(setting.get(key) for key in keys):
+            return max(int(setting[key]) for key in keys)
+    return 512
 
 
 def semantic_agreement(reference: tuple[Tensor, Tensor], candidate: tuple[Tensor, Tensor],

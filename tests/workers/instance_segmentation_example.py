@@ -119,6 +119,18 @@ class Evaluator:
         return metrics
 
 
+def hashable_by_datasets(transform) -> bool:
+    """Whether ``datasets`` can fingerprint the transform (else it warns and uses a random hash, after
+    copying by value whatever dill cannot find by name)."""
+    from datasets.fingerprint import Hasher
+
+    try:
+        Hasher.hash(transform)
+    except Exception:  # noqa: BLE001 - what datasets' own fingerprinting catches
+        return False
+    return True
+
+
 def main(model_path: str, dataset_path: str, output_dir: str, trust_remote_code: bool) -> dict:
     dataset = load_from_disk(dataset_path)
     label2id = dataset["train"][0]["semantic_class_to_id"]
@@ -130,6 +142,7 @@ def main(model_path: str, dataset_path: str, output_dir: str, trust_remote_code:
         model_path, do_resize=True, size={"height": 64, "width": 64}, do_reduce_labels=False, reduce_labels=False,
         token=None, trust_remote_code=trust_remote_code)
     transform = partial(augment_and_transform_batch, image_processor=image_processor)
+    hashed = hashable_by_datasets(transform)
     train_set, eval_set = dataset["train"].with_transform(transform), dataset["validation"].with_transform(transform)
     args = TrainingArguments(output_dir=output_dir, max_steps=4, per_device_train_batch_size=2,
                              per_device_eval_batch_size=2, learning_rate=1e-4, report_to="none", use_cpu=True,
@@ -144,7 +157,8 @@ def main(model_path: str, dataset_path: str, output_dir: str, trust_remote_code:
     saved = json.loads((Path(output_dir) / "config.json").read_text())
     return {"metrics": metrics, "model_class": f"{type(model).__module__}.{type(model).__name__}",
             "processor_class": f"{type(image_processor).__module__}.{type(image_processor).__name__}",
-            "saved_auto_map": saved.get("auto_map"), "saved_id2label": saved.get("id2label")}
+            "saved_auto_map": saved.get("auto_map"), "saved_id2label": saved.get("id2label"),
+            "transform_fingerprinted": hashed}
 
 
 if __name__ == "__main__":
