@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo app bench bench-train bench-data bench-processing bench-inference bench-reliability clean
+.PHONY: install test test-fast demo app bench bench-train bench-data bench-processing bench-inference bench-reliability clean
 
 install: $(STAMP)
 
@@ -14,8 +14,14 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+# The whole suite, on two pytest-xdist workers (one per core; tests/conftest.py gives each one thread).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist worksteal
+
+# The edit loop: unit tests, parity with transformers, golden values, invariants; not the `system` tier
+# (processes, servers, browsers, exported graphs, benchmarks, the docs' pages).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not system"
 
 # Generate the synthetic dataset, train a small MaskFormer with scripts/train.py, evaluate it (mIoU, PQ),
 # draw prediction against ground truth through pipeline("image-segmentation"), then segment held-out images

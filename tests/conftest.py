@@ -8,6 +8,16 @@ import os
 # again per process and shape): off for the whole suite, child processes included. The tests of the
 # compiled kernels switch it on themselves (tests/test_swin_and_ops.py).
 os.environ.setdefault("MASKFORMER_HF_COMPILE", "0")
+# Under pytest-xdist (`make test` runs two workers on the two cores): one thread per worker, and per process
+# it starts, so that two workers never oversubscribe the cores (the variable is read when torch loads;
+# children inherit it, so a process and its children still compute alike).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -180,10 +190,43 @@ def scene(height: int, width: int, seed: int):
     return np.clip(pixels + rng.integers(0, 30, pixels.shape), 0, 255).astype(np.uint8), ids
 
 
+def assert_learns(run: Path, margin: float = 0.9) -> None:
+    """The logged training loss of a run folder falls: some later step below ``margin`` x the first
+    step's (seeds 42, 1 and 7 of tests/test_train_script.py's tiny recipe give 0.80, 0.83 and 0.73
+    within 4 steps)."""
+    losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) >= 2 and min(losses[1:]) < margin * losses[0], losses
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` run once per test run, whatever the number of pytest-xdist workers: the first
+    worker to ask builds it under a file lock in the run's shared temporary folder, the others wait and
+    reuse it (pytest-xdist's recipe for session fixtures). Returns the folder."""
+    from filelock import FileLock
+
+    worker_root = tmp_path_factory.getbasetemp()
+    root = worker_root.parent if os.environ.get("PYTEST_XDIST_WORKER") else worker_root
+    folder = root / f"built-{name}"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".done").exists():
+            if folder.exists():
+                shutil.rmtree(folder)  # a build that failed half-way
+            folder.mkdir()
+            build(folder)
+            (folder / ".done").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory):
     """A tiny MaskFormer trained for 80 steps on six 64x64 scenes (about 10 s): unlike a random
-    model, it predicts several classes and segments per image. Saved with its processor."""
+    model, it predicts several classes and segments per image. Saved with its processor. Built once
+    per run (:func:`built_once`); tests must not write into it."""
+    return built_once(tmp_path_factory, "trained-tiny", _train_tiny_checkpoint)
+
+
+def _train_tiny_checkpoint(path: Path) -> None:
     from maskformer_hf import MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
 
     torch.manual_seed(0)
@@ -198,10 +241,8 @@ def trained_checkpoint(tmp_path_factory):
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    path = tmp_path_factory.mktemp("trained-tiny")
     model.eval().save_pretrained(path)
     processor.save_pretrained(path)
-    return path
 
 
 # --- a COCO instance file (tests/test_coco_instances.py, tests/test_evaluation_mask_ap.py) ----------
@@ -265,3 +306,18 @@ def coco_instances_root(tmp_path):
     }
     (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(content))
     return tmp_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiers: `system` tests (they start processes, servers, browsers, export graphs, run benchmarks or the
+# docs' pages) run in `make test`; `make test-fast` deselects them.
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _processes_only_in_system_tests(request, monkeypatch):
+    """A test that starts a process must be marked ``system`` (else the fast tier would not be fast)."""
+    if request.node.get_closest_marker("system"):
+        return
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it @pytest.mark.system")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

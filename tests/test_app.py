@@ -19,6 +19,8 @@ from conftest import scene
 from maskformer_hf import visualize
 from maskformer_hf.segment import TASKS, load_image, load_segmenter, predict, segments_table
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -118,6 +118,7 @@ print(json.dumps(found))
 """
 
 
+@pytest.mark.system
 def test_every_auto_class_builds_ours_from_the_saved_code_without_the_package(folders, tmp_path):
     root, expected = folders
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path))

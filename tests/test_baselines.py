@@ -218,6 +218,7 @@ def test_recipes_train_on_scene_sets_and_refuse_a_folder_of_another_set(tmp_path
             TrainConfig(synthetic_scenes=bad)
 
 
+@pytest.mark.system
 def test_quick_ablation_writes_results_from_its_runs(tmp_path, capsys):
     from maskformer_hf.cli import main
 

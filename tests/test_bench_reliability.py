@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_reliability  # noqa: E402
 
+pytestmark = pytest.mark.system
+
 
 def test_growth_after_warmup():
     samples = [{"images": i, "peak": r} for i, r in ((0, 50.0), (10, 100.0), (15, 104.0), (20, 112.0), (25, 108.0),

@@ -93,6 +93,7 @@ def test_unknown_key_is_an_error():
     assert convert_key("criterion.empty_weight") is None
 
 
+@pytest.mark.system
 def test_convert_script(tmp_path):
     hf_model = tiny_hf_model("resnet")
     src, dst = tmp_path / "src", tmp_path / "dst"

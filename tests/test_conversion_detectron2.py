@@ -409,6 +409,7 @@ def test_convert_checkpoint_from_a_transformers_folder(tmp_path):
     torch.testing.assert_close(actual.masks_queries_logits, expected.masks_queries_logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.system
 def test_convert_script_on_a_pkl(swin_case, tmp_path):
     reference, _, path = swin_case
     dst = tmp_path / "dst"
@@ -424,6 +425,7 @@ def test_convert_script_on_a_pkl(swin_case, tmp_path):
     assert_same_outputs(reference, MaskFormerForUniversalSegmentation.from_pretrained(dst).eval(), [(64, 64)])
 
 
+@pytest.mark.system
 def test_checkpoint_reading_needs_nothing_from_the_package():
     """checkpoints.py runs as a standalone module (no package around it): it imports no part of ours."""
     path = ROOT / "src/maskformer_hf/checkpoints.py"

@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from maskformer_hf.data import (
     ADE20K_150_CLASSES,

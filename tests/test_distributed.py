@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import distributed_case
+
+pytestmark = pytest.mark.system
 
 WORKER = Path(__file__).parent / "workers" / "distributed_gradients.py"
 

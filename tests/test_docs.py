@@ -44,10 +44,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import scene, tiny_hf_model
+from conftest import built_once, scene, tiny_hf_model
 from fake_hub import FakeHub
 
 from maskformer_hf.precision import NATIVE_BF16_ENV
+
+pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
@@ -77,8 +79,8 @@ BUDGETS = {  # a piece of the command -> flags appended
                                       "onnxruntime", "--backbones", "resnet50", "--trained-size", "64"],
     "benchmarks/bench_data.py": ["--size", "80", "--crop", "64", "--train-steps", "1", "--batches", "2",
                                  "--images", "8"],
-    "benchmarks/bench_sliding_window.py": ["--sizes", "128", "--crop", "64", "--stride", "48", "--output",
-                                           "sliding_window.json"],
+    "benchmarks/bench_sliding_window.py": ["--sizes", "128", "--crop", "64", "--stride", "48", "--tasks", "semantic",
+                                           "--output", "sliding_window.json"],
     "benchmarks/bench_coco_instances.py": ["--images", "50", "--output", "coco_instances.json"],
     "maskformer_hf.data.synthetic": ["--num-train", "4", "--num-val", "2", "--size", "64"],
     "maskformer-hf evaluate": ["--max_samples", "2"],
@@ -133,13 +135,17 @@ def write_panoptic_folder(root: Path, num_train: int = 8, num_val: int = 4) -> N
 
 
 @pytest.fixture(scope="session")
-def shared(tmp_path_factory, trained_checkpoint):
-    """What every workspace starts from, built once: a tiny demo run, data sets, photos."""
+def shared(tmp_path_factory):
+    """What every workspace starts from, built once per run (whatever the number of workers): a tiny
+    demo run, data sets, photos."""
+    return built_once(tmp_path_factory, "docs-shared", build_shared)
+
+
+def build_shared(base: Path) -> None:
     from maskformer_hf.data.synthetic import write_synthetic_dataset
     from maskformer_hf.train_loop import train
     from maskformer_hf.training import TrainConfig
 
-    base = tmp_path_factory.mktemp("docs-shared")
     demo = base / "demo_output"
     budget = dict(zip([f.lstrip("-") for f in TRAIN_BUDGET[::2]], TRAIN_BUDGET[1::2]))
     values = {k: (v == "true" if v in ("true", "false") else int(v)) for k, v in budget.items()}
@@ -150,7 +156,6 @@ def shared(tmp_path_factory, trained_checkpoint):
     (base / "photos").mkdir()
     Image.fromarray(scene(70, 90, 1)[0]).save(base / "photos" / "example.png")
     Image.fromarray(scene(64, 48, 2)[0]).save(base / "photos" / "other.jpg")
-    return base
 
 
 @pytest.fixture(scope="session")

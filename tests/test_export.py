@@ -13,11 +13,13 @@ from PIL import Image
 from conftest import scene, tiny_config, tiny_hf_model
 from maskformer_hf import MaskFormerForUniversalSegmentation, MaskFormerImageProcessor, convert_from_transformers
 from maskformer_hf.cli import main as cli_main
-from maskformer_hf.export import (SUFFIXES, MaskFormerGraph, check_export, export_model, exported_sizes_are_dynamic,
+from maskformer_hf.export import (SUFFIXES, MaskFormerGraph, export_model, exported_sizes_are_dynamic,
                                   load_exported, semantic_map)
 from maskformer_hf.inference import semantic_inference
 from maskformer_hf.optimize import MODES, mode_available, optimize
 from maskformer_hf.precision import NATIVE_BF16_ENV
+
+pytestmark = pytest.mark.system
 
 SIZES = [(1, 64, 64), (3, 97, 45), (2, 33, 130), (1, 161, 119)]  # batch, height, width: none the traced one
 

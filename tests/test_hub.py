@@ -17,7 +17,6 @@ from maskformer_hf.cli import main as cli_main
 from maskformer_hf.hub import push_to_hub
 from maskformer_hf.model_card import BEGIN, END, merge_cards, write_model_card
 from maskformer_hf.train_loop import train
-from maskformer_hf.training import TrainConfig
 
 from fake_hub import FakeHub
 from test_train_script import tiny_recipe

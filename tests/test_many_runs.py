@@ -54,6 +54,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.system
 def test_fp32_then_bf16_then_another_seed_in_one_process_as_in_fresh_ones(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv(NATIVE_BF16_ENV, "1")  # a CPU with native bf16 (AMX, AVX512-BF16)
     first = run(train, data_dir, tmp_path / "fp32")

@@ -298,6 +298,7 @@ print(json.dumps({"miou": out["mean_iou"], "plain": m.mean_iou(preds, refs, 3)["
 """
 
 
+@pytest.mark.system
 def test_evaluate_modules_load_offline(tmp_path):
     env = {**os.environ, "HF_EVALUATE_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"),

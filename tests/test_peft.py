@@ -128,8 +128,6 @@ def test_modules_to_save_trains_a_copy_of_the_class_head():
     optimizer = torch.optim.AdamW([p for p in tuned.parameters() if p.requires_grad], lr=1e-2)
     tuned(pixel_values=pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss.backward()
     optimizer.step()
-    adapted_layers = {name.split(".base_layer.")[0].removeprefix("base_model.model.")
-                      for name in tuned.state_dict() if ".base_layer.weight" in name}
     merged = tuned.merge_and_unload()
     assert merged.class_predictor.weight.shape == original.shape
     assert (merged.class_predictor.weight - original).abs().max() > 1e-3  # the trained copy is the one kept

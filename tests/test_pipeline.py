@@ -107,6 +107,7 @@ def test_pipeline_subtasks_match_post_processing(segmenter, image):
     assert len(unfused[0]["segments_info"]) > 1
 
 
+@pytest.mark.system
 def test_trust_remote_code_in_a_python_without_the_package(checkpoint, segmenter, image, tmp_path):
     local = {subtask: summary(segmenter(image, subtask=subtask, **THRESHOLDS)) for subtask in SUBTASKS}
     script = f"""

@@ -30,6 +30,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import assert_learns
 from maskformer_hf import matching
 from maskformer_hf.precision import NATIVE_BF16_ENV
 from maskformer_hf.train_loop import latest_checkpoint, tidy_checkpoints, train
@@ -226,6 +227,7 @@ def kill_plan(default: list[str], max_steps: int, save_every: int) -> tuple[list
     return plan, max(max_steps, 3 * save_every * len(plan))
 
 
+@pytest.mark.system
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_weights(tmp_path, data_dir, record_property):
     plan, max_steps = kill_plan(["checkpoint", "random", "final"], 24, 3)
     recipe = {**RECIPE, "max_steps": max_steps, "save_every": 3}
@@ -236,6 +238,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_weights(tmp_path, data_d
     assert figures["kills"] == len(plan) and figures["during_checkpoint_write"] == plan.count("checkpoint")
 
 
+@pytest.mark.system
 def test_sigkilled_torchrun_run_resumes_to_the_uninterrupted_weights(tmp_path, data_dir, record_property):
     plan, max_steps = kill_plan(["checkpoint", "random"], 16, 2)
     recipe = {**RECIPE, "max_steps": max_steps, "save_every": 2}
@@ -244,6 +247,11 @@ def test_sigkilled_torchrun_run_resumes_to_the_uninterrupted_weights(tmp_path, d
     print(f"torchrun, 2 processes: {figures['kills']} SIGKILLs survived, {figures['during_checkpoint_write']} "
           f"during a checkpoint write: {figures['detail']}")
     assert figures["kills"] == len(plan) and figures["during_checkpoint_write"] == plan.count("checkpoint")
+    # The uninterrupted 2-process run is the check of a plain torchrun run too: it learns and scores.
+    reference = tmp_path / "uninterrupted"
+    assert_learns(reference)
+    assert {"mean_iou", "pq"} <= set(json.loads((reference / "metrics.json").read_text()))
+    assert (reference / "model" / "config.json").is_file()
     # One schedule step per global step, as with one process (not one per process).
     lrs = [r["lr"] for r in log_records(tmp_path / "killed") if "lr" in r]
     assert lrs == pytest.approx([1e-3 * (1 - step / max_steps) ** 0.9 for step in range(1, max_steps + 1)], rel=1e-6)

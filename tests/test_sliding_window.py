@@ -149,6 +149,7 @@ print(json.dumps({"increase": increase, "shape": list(out[0].shape), "classes": 
 """
 
 
+@pytest.mark.system
 def test_a_4096_pixel_image_segments_within_a_memory_bound():
     """Peak RSS growth while segmenting a 4096 x 4096 image (crop 512, stride 384: 121 windows) stays
     below a bound derived from what the window pass holds (which is below the least that whole-image

@@ -17,6 +17,8 @@ from PIL import Image
 
 from conftest import tiny_config
 
+pytestmark = pytest.mark.system
+
 WORKER = Path(__file__).parent / "workers" / "instance_segmentation_example.py"
 CLASSES = {"background": 0, "square": 1, "disc": 2}
 
