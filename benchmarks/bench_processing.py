@@ -210,11 +210,12 @@ def interleaved(ours: Callable, theirs: Callable, repeats: int, min_seconds: flo
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def time_row(row: dict, ours: Callable, theirs: Callable, threads: list[int], repeats: int) -> dict:
+def time_row(row: dict, ours: Callable, theirs: Callable, threads: list[int], repeats: int,
+             min_seconds: float = 0.5) -> dict:
     """Fill `row` with the medians and speed-ups at each thread count (and a printable ``line``)."""
     for t in threads:
         torch.set_num_threads(t)
-        median = interleaved(ours, theirs, repeats)
+        median = interleaved(ours, theirs, repeats, min_seconds)
         row["median_s"][str(t)] = median
         row["speedup"][str(t)] = median["transformers"] / median["ours"]
     row["line"] = " ".join(f"{t}t: {row['median_s'][str(t)]['transformers'] * 1e3:7.1f} / "
@@ -303,8 +304,10 @@ def main() -> None:
         return
 
     scale = 8 if args.quick else 1
-    if args.quick:
+    min_seconds = 0.5  # per side and cell: fast calls are repeated until then (see interleaved)
+    if args.quick:  # timed once: a smoke test of every cell, not a measurement
         args.repeats = args.pre_repeats = 1
+        min_seconds = 0.0
 
     def chosen(name: str) -> bool:
         return args.cells is None or any(c in name for c in args.cells)
@@ -333,7 +336,7 @@ def main() -> None:
                                        sum(len(r["segments_info"]) for r in first_theirs)]
                 row["peak_mb"] = {"ours": (peak_extra_memory(ours) or 0) / 2**20,
                                   "transformers": (peak_extra_memory(theirs) or 0) / 2**20}
-                rows.append(time_row(row, ours, theirs, args.threads, args.repeats))
+                rows.append(time_row(row, ours, theirs, args.threads, args.repeats, min_seconds))
                 print(f"{name:<40} {task:<9} {row['line']}  peak MB {row['peak_mb']['transformers']:.0f} / "
                       f"{row['peak_mb']['ours']:.0f}", flush=True)
         for name, cell in (PRE_CELLS.items() if not args.no_pre else ()):
@@ -345,7 +348,7 @@ def main() -> None:
                    "pixel_values_max_diff": float((a["pixel_values"] - b["pixel_values"]).abs().max())}
             if "mask_labels" in a:
                 row["labels_equal"] = all(torch.equal(x, y) for x, y in zip(a["class_labels"], b["class_labels"]))
-            rows.append(time_row(row, ours, theirs, args.threads, args.pre_repeats))
+            rows.append(time_row(row, ours, theirs, args.threads, args.pre_repeats, min_seconds))
             print(f"{name:<40} {'pre':<9} {row['line']}", flush=True)
     print("\n(times: transformers / ours, per call)")
     lines = summary(rows, args.threads)

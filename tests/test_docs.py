@@ -53,7 +53,8 @@ pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
-NOT_RUN = {"make test": "the command that runs this very suite (CI runs it through .ci/run)"}
+NOT_RUN = {"make test": "the command that runs this very suite (CI runs it through .ci/run)",
+           "make test-fast": "the fast tier of this very suite"}
 # Pages whose python blocks run each in a process of its own (each block is self-contained there):
 # they load native runtimes (ONNX Runtime, OpenVINO) whose threads should not outlive the page in
 # the test process, where later pages fork data-loader workers.
@@ -71,17 +72,19 @@ TINY_BACKBONES = {  # a paper preset's backbone family, shrunk
 TRAIN_BUDGET = ["--max_steps", "2", "--per_device_batch_size", "2", "--num_workers", "0", "--crop_size", "64",
                 "--eval_size", "64", "--max_train_samples", "8", "--max_eval_samples", "2", "--pretrained_backbone",
                 "false", "--synthetic_num_train", "8", "--synthetic_num_val", "4", "--synthetic_size", "64"]
-BUDGETS = {  # a piece of the command -> flags appended
-    "benchmarks/bench_forward.py": ["--size", "96", "--repeats", "1"],
-    "benchmarks/bench_train_step.py": ["--size", "64", "--steps", "1", "--segments", "2", "--repeats", "1"],
-    "benchmarks/bench_processing.py": ["--quick", "--threads", "1"],
+BUDGETS = {  # a piece of the command -> flags appended (benchmarks write into the workspace, not the repository)
+    "benchmarks/bench_forward.py": ["--size", "96", "--repeats", "1", "--output", "results/forward.json"],
+    "benchmarks/bench_train_step.py": ["--size", "64", "--steps", "1", "--segments", "2", "--repeats", "1",
+                                       "--output", "results/train_step.json"],
+    "benchmarks/bench_processing.py": ["--quick", "--threads", "1", "--output", "results/processing.json"],
     "benchmarks/bench_inference.py": ["--size", "64", "--batch-sizes", "1", "--repeats", "1", "--modes", "fp32",
-                                      "onnxruntime", "--backbones", "resnet50", "--trained-size", "64"],
+                                      "onnxruntime", "--backbones", "resnet50", "--trained-size", "64",
+                                      "--output", "results/inference.json"],
     "benchmarks/bench_data.py": ["--size", "80", "--crop", "64", "--train-steps", "1", "--batches", "2",
-                                 "--images", "8"],
+                                 "--images", "8", "--output", "results/data.json"],
     "benchmarks/bench_sliding_window.py": ["--sizes", "128", "--crop", "64", "--stride", "48", "--tasks", "semantic",
-                                           "--output", "sliding_window.json"],
-    "benchmarks/bench_coco_instances.py": ["--images", "50", "--output", "coco_instances.json"],
+                                           "--output", "results/sliding_window.json"],
+    "benchmarks/bench_coco_instances.py": ["--images", "50", "--output", "results/coco_instances.json"],
     "maskformer_hf.data.synthetic": ["--num-train", "4", "--num-val", "2", "--size", "64"],
     "maskformer-hf evaluate": ["--max_samples", "2"],
 }
@@ -312,7 +315,96 @@ def run_in_process(tokens: list[str], text: str) -> None:
     assert status == 0, f"{text}\n(run in process as: {shlex.join(tokens)})\n{out.getvalue()[-3000:]}\n{err.getvalue()[-5000:]}"
 
 
+# ---------------------------------------------------------------------------------------------
+# What the commands and blocks write
+# ---------------------------------------------------------------------------------------------
+OUTPUT_FLAGS = ("--out", "--output", "--output_dir")
+
+
+def last_value(tokens: list[str], flag: str) -> str | None:
+    values = [tokens[i + 1] for i, token in enumerate(tokens[:-1]) if token == flag]
+    return values[-1] if values else None
+
+
+def written_by(tokens: list[str]) -> list[str]:
+    """The files and folders a (budgeted) command says it writes: its ``--out`` / ``--output`` /
+    ``--output_dir``, the folder ``maskformer-hf convert SRC DST`` names, the card ``maskformer-hf card
+    MODEL`` writes."""
+    paths = [value for flag in OUTPUT_FLAGS if (value := last_value(tokens, flag)) is not None]
+    words = [t for t in tokens if not t.startswith("-")]
+    if words[:2] == ["maskformer-hf", "convert"] and len(words) >= 4:
+        paths.append(words[3])
+    if words[:2] == ["maskformer-hf", "card"] and len(words) >= 3:
+        paths.append(f"{words[2]}/README.md")
+    return paths
+
+
+def check_file(path: Path) -> None:
+    """`path` exists and decodes as its suffix says."""
+    assert path.is_file() and path.stat().st_size > 0, f"{path}: missing or empty"
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        document = json.loads(path.read_text())  # a list may be empty (no instance over a page's threshold)
+        assert isinstance(document, list) or document, f"{path}: an empty document"
+    elif suffix == ".jsonl":
+        assert all(json.loads(line) is not None for line in path.read_text().splitlines()), path
+    elif suffix in (".png", ".jpg", ".jpeg"):
+        with Image.open(path) as image:
+            image.load()
+            assert image.width > 0 and image.height > 0, path
+    elif suffix == ".onnx":
+        import onnx
+
+        onnx.checker.check_model(onnx.load(str(path)))
+    elif suffix in (".pt", ".pt2", ".bin"):
+        import zipfile
+
+        assert zipfile.is_zipfile(path), f"{path}: not a torch archive"
+    elif suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as tensors:
+            assert list(tensors.keys()), f"{path}: no tensors"
+    elif suffix in (".md", ".txt", ".yaml"):
+        assert path.read_text().strip(), f"{path}: empty"
+
+
+def check_written(path: Path) -> None:
+    """A file decodes (:func:`check_file`); a folder holds files, each of which decodes; a checkpoint
+    folder (``config.json``) holds its weights; a training run's ``metrics.json`` holds the scores."""
+    assert path.exists(), f"{path}: the page says it is written, but it is not"
+    if path.is_file():
+        return check_file(path)
+    files = [p for p in path.rglob("*") if p.is_file()]
+    assert files, f"{path}: an empty folder"
+    for file in files:
+        check_file(file)
+    for config in path.rglob("config.json"):
+        if "model_type" in json.loads(config.read_text()):
+            assert (config.parent / "model.safetensors").is_file() or \
+                (config.parent / "model.safetensors.index.json").is_file(), f"{config.parent}: no weights"
+    if (path / "metrics.json").is_file():
+        assert "mean_iou" in json.loads((path / "metrics.json").read_text()), f"{path}/metrics.json"
+
+
+PYTHON_WRITES = re.compile(r"(?:\.save|\.save_pretrained|export_model\([^\n]*?,)\(?\s*\"([^\"]+)\"")
+
+
+def written_by_python(code: str) -> list[str]:
+    """The paths a python block writes through ``.save("...")``, ``.save_pretrained("...")`` or
+    ``export_model(model, "...", ...)``."""
+    return PYTHON_WRITES.findall(code)
+
+
 def run_command(tokens: list[str], workspace: Path, in_process: bool = True) -> None:
+    """Run one command of a page (budgeted, see the module docstring), then check what it says it writes."""
+    _run_command(tokens, workspace, in_process)
+    made = ["demo_output"] if tokens[:2] == ["make", "demo"] else []  # the run, its overlays, segmented images
+    for path in made + written_by(with_budget(tokens)):
+        check_written(workspace / path)
+
+
+def _run_command(tokens: list[str], workspace: Path, in_process: bool = True) -> None:
     env = environment()
     text = shlex.join(tokens)
     if tokens[0] == "make":
@@ -362,6 +454,9 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_s
         elif language == "python":
             exec(compile(code, page, "exec"), namespace)
             ran += 1
+        if language == "python":
+            for path in written_by_python(code):
+                check_written(workspace / path)
         elif language == "bash":
             budgeted: set[tuple] = set()  # a block's commands that are one command once budgeted
             for tokens in shell_commands(code):
