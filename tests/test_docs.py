@@ -55,9 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 NOT_RUN = {"make test": "the command that runs this very suite (CI runs it through .ci/run)",
            "make test-fast": "the fast tier of this very suite"}
-# Pages whose python blocks run each in a process of its own (each block is self-contained there):
-# they load native runtimes (ONNX Runtime, OpenVINO) whose threads should not outlive the page in
-# the test process, where later pages fork data-loader workers.
+# Pages whose python blocks run each in a process of its own (each block is self-contained there, and
+# shows a user's whole script: loading, exporting, measuring every runtime).
 OWN_PROCESS = {"docs/deployment.md"}
 LINKED = ("scripts", "benchmarks", "assets", "app.py", "src")
 HUB = ".fake_hub"  # the workspace folder holding the faked Hub's repositories (tests/fake_hub.py)
@@ -296,11 +295,11 @@ def serve_and_stop(command: list[str], cwd: Path, env: dict[str, str]) -> None:
 
 def runs_in_process(tokens: list[str]) -> bool:
     """``maskformer-hf`` commands run as ``maskformer_hf.cli.main(argv)`` in the test's process (which
-    has imported torch and transformers once, instead of once per command), except those that load
-    native runtimes (``export``, ``segment --fast``) and commands with shell syntax."""
+    has imported torch and transformers once, instead of once per command), except ``segment --fast``
+    (the user's path to every native runtime at once: it runs as the user runs it) and commands with
+    shell syntax. ``export`` runs here too: its check loads ONNX Runtime, as tests/test_export.py does."""
     shell_syntax = any(token in ("|", ">", ">>", "<", "&&", ";", "&") for token in tokens)
-    return (tokens[0] == "maskformer-hf" and len(tokens) > 1 and tokens[1] != "export" and "--fast" not in tokens
-            and not shell_syntax)
+    return tokens[0] == "maskformer-hf" and len(tokens) > 1 and "--fast" not in tokens and not shell_syntax
 
 
 def run_in_process(tokens: list[str], text: str) -> None:
@@ -396,15 +395,15 @@ def written_by_python(code: str) -> list[str]:
     return PYTHON_WRITES.findall(code)
 
 
-def run_command(tokens: list[str], workspace: Path, in_process: bool = True) -> None:
+def run_command(tokens: list[str], workspace: Path) -> None:
     """Run one command of a page (budgeted, see the module docstring), then check what it says it writes."""
-    _run_command(tokens, workspace, in_process)
+    _run_command(tokens, workspace)
     made = ["demo_output"] if tokens[:2] == ["make", "demo"] else []  # the run, its overlays, segmented images
     for path in made + written_by(with_budget(tokens)):
         check_written(workspace / path)
 
 
-def _run_command(tokens: list[str], workspace: Path, in_process: bool = True) -> None:
+def _run_command(tokens: list[str], workspace: Path) -> None:
     env = environment()
     text = shlex.join(tokens)
     if tokens[0] == "make":
@@ -417,7 +416,7 @@ def _run_command(tokens: list[str], workspace: Path, in_process: bool = True) ->
     if "app.py" in tokens:
         return serve_and_stop(tokens, workspace, env)
     tokens = with_budget(tokens)
-    if in_process and runs_in_process(tokens):
+    if runs_in_process(tokens):
         return run_in_process(tokens, text)
     if tokens[0] == "maskformer-hf" and ("push" in tokens[1:2] or "--push_to_hub" in tokens):
         tokens = [sys.executable, str(ROOT / "tests" / "fake_hub.py"), str(workspace / HUB), *tokens[1:]]
@@ -463,7 +462,7 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, shared, hub_s
                 if " ".join(tokens) in NOT_RUN or command_key(tokens) in budgeted:
                     continue
                 budgeted.add(command_key(tokens))
-                run_command(tokens, workspace, in_process=page not in OWN_PROCESS)
+                run_command(tokens, workspace)
                 ran += 1
     assert ran > 0
     text = (ROOT / page).read_text()
