@@ -18,13 +18,12 @@ from maskformer_hf.metrics import PanopticQuality
 from maskformer_hf.modeling_maskformer import class_maps_as_queries, probability_logits
 from maskformer_hf.training import TrainConfig, variant_overrides
 
-TINY = dict(backbone="resnet18", hidden_size=32, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=64,
-            fpn_feature_size=32, mask_feature_size=32)
+TINY = dict(backbone="resnet18")  # the test-tiny preset on timm's ResNet-18
 
 
 def tiny_model(kind: str, num_labels: int = 5, **extra) -> MaskFormerForUniversalSegmentation:
     torch.manual_seed(0)
-    config = MaskFormerConfig.from_preset("resnet50", num_labels=num_labels, num_queries=num_labels,
+    config = MaskFormerConfig.from_preset("test-tiny", num_labels=num_labels, num_queries=num_labels,
                                           segmentation_type=kind, **{**TINY, **extra})
     return MaskFormerForUniversalSegmentation(config).eval()
 
@@ -82,7 +81,7 @@ def test_per_pixel_baseline_loss_and_semantic_output():
 
 def test_per_pixel_plus_reads_each_query_mask_as_one_class_with_deep_supervision():
     with pytest.raises(ValueError, match="num_queries"):
-        MaskFormerConfig.from_preset("resnet50", num_labels=5, num_queries=7, segmentation_type="per_pixel_plus", **TINY)
+        MaskFormerConfig.from_preset("test-tiny", num_labels=5, num_queries=7, segmentation_type="per_pixel_plus", **TINY)
     model = tiny_model("per_pixel_plus").train()
     mask_labels, class_labels = labels()
     out = model(torch.randn(2, 3, 64, 96), mask_labels=mask_labels, class_labels=class_labels)
@@ -152,7 +151,7 @@ def test_semantic_inference_loss_is_the_cross_entropy_of_the_normalised_scores()
     upsampled = F.interpolate(scores, size=(6, 6), mode="bilinear", align_corners=False)
     expected = F.nll_loss((upsampled / upsampled.sum(1, keepdim=True)).log(), fine)
     torch.testing.assert_close(semantic_inference_loss(class_logits, mask_logits, fine), expected)
-    config = MaskFormerConfig.from_preset("resnet50", num_labels=5, num_queries=6, semantic_loss_weight=0.5, **TINY)
+    config = MaskFormerConfig.from_preset("test-tiny", num_labels=5, num_queries=6, semantic_loss_weight=0.5, **TINY)
     model = MaskFormerForUniversalSegmentation(config)
     mask_labels, class_labels = labels()
     out = model(torch.randn(2, 3, 64, 96), mask_labels=mask_labels, class_labels=class_labels)

@@ -294,23 +294,45 @@ def serve_and_stop(command: list[str], cwd: Path, env: dict[str, str]) -> None:
 
 
 def runs_in_process(tokens: list[str]) -> bool:
-    """``maskformer-hf`` commands run as ``maskformer_hf.cli.main(argv)`` in the test's process (which
-    has imported torch and transformers once, instead of once per command), except ``segment --fast``
-    (the user's path to every native runtime at once: it runs as the user runs it) and commands with
-    shell syntax. ``export`` runs here too: its check loads ONNX Runtime, as tests/test_export.py does."""
+    """``maskformer-hf`` commands run as ``maskformer_hf.cli.main(argv)``, and ``python SCRIPT ...`` /
+    ``python -m MODULE ...`` as ``__main__`` through ``runpy``, in the test's process (which has imported
+    torch and transformers once, instead of once per command); except ``segment --fast`` (the user's
+    path to every native runtime at once: it runs as the user runs it) and commands with shell syntax or
+    an environment prefix. ``export`` runs here too: its check loads ONNX Runtime, as
+    tests/test_export.py does."""
     shell_syntax = any(token in ("|", ">", ">>", "<", "&&", ";", "&") for token in tokens)
-    return tokens[0] == "maskformer-hf" and len(tokens) > 1 and "--fast" not in tokens and not shell_syntax
+    if shell_syntax or len(tokens) < 2 or "--fast" in tokens:
+        return False
+    return tokens[0] in ("maskformer-hf", "python")
 
 
 def run_in_process(tokens: list[str], text: str) -> None:
+    import runpy
+
+    import torch
+
     from maskformer_hf.cli import main
 
     out, err = io.StringIO(), io.StringIO()
+    argv, path, threads = list(sys.argv), list(sys.path), torch.get_num_threads()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            status = main(tokens[1:])
-        except SystemExit as exit_:  # argparse: --help, bad flags
+            if tokens[0] == "maskformer-hf":
+                status = main(tokens[1:])
+            elif tokens[1] == "-m":
+                sys.argv = [tokens[2], *tokens[3:]]
+                runpy.run_module(tokens[2], run_name="__main__", alter_sys=True)
+                status = 0
+            else:
+                sys.argv = tokens[1:]
+                sys.path.insert(0, str(Path(tokens[1]).resolve().parent))  # as python puts the script's folder first
+                runpy.run_path(tokens[1], run_name="__main__")
+                status = 0
+        except SystemExit as exit_:  # argparse (--help, bad flags), sys.exit(main())
             status = exit_.code or 0
+        finally:
+            sys.argv[:], sys.path[:] = argv, path
+            torch.set_num_threads(threads)  # a benchmark's --threads
     assert status == 0, f"{text}\n(run in process as: {shlex.join(tokens)})\n{out.getvalue()[-3000:]}\n{err.getvalue()[-5000:]}"
 
 

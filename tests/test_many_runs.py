@@ -21,11 +21,8 @@ from maskformer_hf.train_loop import train
 from maskformer_hf.trainer import train_with_trainer
 from maskformer_hf.training import TrainConfig
 
-# timm's 0.4M-parameter test ResNet: the whole code path, a few seconds a run.
-TINY_MODEL = {"backbone": "test_resnet", "hidden_size": 32, "fpn_feature_size": 32, "mask_feature_size": 32,
-              "num_queries": 12, "decoder_layers": 2, "decoder_ffn_dim": 64, "decoder_attention_heads": 4}
 RECIPE = dict(dataset="synthetic", synthetic_num_train=8, synthetic_num_val=2, synthetic_size=64,
-              augmentation="ade20k", crop_size=64, model="resnet50", model_overrides=TINY_MODEL,
+              augmentation="ade20k", crop_size=64, model="test-tiny",
               pretrained_backbone=False, per_device_batch_size=2, learning_rate=1e-3, num_workers=0,
               logging_every=1, max_steps=3, seed=0)
 

@@ -36,11 +36,8 @@ from maskformer_hf.precision import NATIVE_BF16_ENV
 from maskformer_hf.train_loop import latest_checkpoint, tidy_checkpoints, train
 from maskformer_hf.training import EpochBatchSampler, NonFiniteLossError, TrainConfig, load_splits
 
-# A tiny model on timm's 0.4M-parameter test ResNet: the whole real code path, milliseconds a step.
-TINY_MODEL = {"backbone": "test_resnet", "hidden_size": 32, "fpn_feature_size": 32, "mask_feature_size": 32,
-              "num_queries": 12, "decoder_layers": 2, "decoder_ffn_dim": 64, "decoder_attention_heads": 4}
 RECIPE = dict(dataset="synthetic", synthetic_num_train=16, synthetic_num_val=2, synthetic_size=64,
-              augmentation="ade20k", crop_size=64, model="resnet50", model_overrides=TINY_MODEL,
+              augmentation="ade20k", crop_size=64, model="test-tiny",
               pretrained_backbone=False, per_device_batch_size=2, learning_rate=1e-3, num_workers=0,
               logging_every=1)
 CHILD_ENV = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", MASKFORMER_HF_COMPILE="0",
@@ -240,7 +237,9 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_weights(tmp_path, data_d
 
 @pytest.mark.system
 def test_sigkilled_torchrun_run_resumes_to_the_uninterrupted_weights(tmp_path, data_dir, record_property):
-    plan, max_steps = kill_plan(["checkpoint", "random"], 16, 2)
+    # One kill, inside a checkpoint write (where two processes must agree; a kill at a random step is the
+    # single-process test's); the stress run alternates both.
+    plan, max_steps = kill_plan(["checkpoint"], 16, 2)
     recipe = {**RECIPE, "max_steps": max_steps, "save_every": 2}
     figures = kill_and_resume(tmp_path, data_dir, 2, recipe, plan)
     record_property("kills", figures)

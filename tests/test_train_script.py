@@ -20,14 +20,13 @@ from maskformer_hf.train_loop import train
 from maskformer_hf.training import TrainConfig, load_splits
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = {"backbone": "resnet18", "hidden_size": 32, "fpn_feature_size": 32, "mask_feature_size": 32,
-              "num_queries": 12, "decoder_layers": 2, "decoder_ffn_dim": 64, "decoder_attention_heads": 4}
 
 
 def tiny_recipe(tmp_path: Path, **overrides) -> TrainConfig:
     values = dict(dataset="synthetic", data_dir=str(tmp_path.parent / "synthetic"), synthetic_num_train=8,
-                  synthetic_num_val=4, synthetic_size=64, augmentation="ade20k", crop_size=64, model="resnet50",
-                  model_overrides=TINY_MODEL, pretrained_backbone=False, max_steps=4, per_device_batch_size=2,
+                  synthetic_num_val=4, synthetic_size=64, augmentation="ade20k", crop_size=64, model="test-tiny",
+                  model_overrides={"backbone": "resnet18"}, pretrained_backbone=False, max_steps=4,
+                  per_device_batch_size=2,
                   learning_rate=1e-3, num_workers=0, logging_every=1, output_dir=str(tmp_path / "run"))
     values.update(overrides)
     return TrainConfig(**values)

@@ -11,8 +11,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoVideoPro
 from .configuration_maskformer import PRESETS, MaskFormerConfig
 from .conversion import convert_from_transformers
 from .conversion_detectron2 import convert_checkpoint, convert_from_detectron2
-from .image_processing_maskformer import (LegacyNameImageProcessor, LegacyNameImageProcessorPil, MaskFormerImageProcessor,
-                                           segmentation_map_to_masks)
+from .image_processing_maskformer import (LegacyNameImageProcessor, LegacyNameImageProcessorPil,
+                                           MaskFormerImageProcessor, segmentation_map_to_masks)
 from .inference import instance_inference, panoptic_inference, semantic_inference, semantic_inference_tta
 from .modeling_maskformer import (
     MaskFormerForUniversalSegmentation,

@@ -61,7 +61,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone": "microsoft/swin-large-patch4-window12-384-in22k",
         "backbone_config": _swin(192, [2, 2, 18, 2], [6, 12, 24, 48], 12, 384),
     },
+    # Not a paper variant: every part of the model at toy width on timm's 0.4M-parameter test ResNet
+    # (about 0.5M parameters in all), for smoke tests of a pipeline; a training step takes milliseconds.
+    "test-tiny": {"backbone": "test_resnet", "hidden_size": 32, "fpn_feature_size": 32, "mask_feature_size": 32,
+                  "num_queries": 12, "decoder_layers": 2, "decoder_ffn_dim": 64, "decoder_attention_heads": 4},
 }
+PAPER_PRESETS = tuple(name for name in PRESETS if name != "test-tiny")
 
 
 def _backbone_config_from(value: dict | PretrainedConfig | None) -> PretrainedConfig | None:
