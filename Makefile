@@ -14,9 +14,10 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-# The whole suite, on two pytest-xdist workers (one per core; tests/conftest.py gives each one thread).
+# The whole suite, on two pytest-xdist workers (one per core; tests/conftest.py gives each one thread);
+# the 30 slowest tests are listed at the end.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist worksteal
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=30
 
 # The edit loop: unit tests, parity with transformers, golden values, invariants; not the `system` tier
 # (processes, servers, browsers, exported graphs, benchmarks, the docs' pages).
