@@ -74,7 +74,7 @@ TRAIN_BUDGET = ["--max_steps", "2", "--per_device_batch_size", "2", "--num_worke
 BUDGETS = {  # a piece of the command -> flags appended (benchmarks write into the workspace, not the repository)
     "benchmarks/bench_forward.py": ["--size", "96", "--repeats", "1", "--output", "results/forward.json"],
     "benchmarks/bench_train_step.py": ["--size", "64", "--steps", "1", "--segments", "2", "--repeats", "1",
-                                       "--output", "results/train_step.json"],
+                                       "--variants", "transformers", "ours", "--output", "results/train_step.json"],
     "benchmarks/bench_processing.py": ["--quick", "--threads", "1", "--output", "results/processing.json"],
     "benchmarks/bench_inference.py": ["--size", "64", "--batch-sizes", "1", "--repeats", "1", "--modes", "fp32",
                                       "onnxruntime", "--backbones", "resnet50", "--trained-size", "64",
