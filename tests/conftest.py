@@ -195,8 +195,8 @@ def assert_learns(run: Path, margin: float = 0.9) -> None:
     """The logged training loss of a run folder falls: some later step below ``margin`` x the first
     step's (seeds 42, 1 and 7 of tests/test_train_script.py's tiny recipe give 0.80, 0.83 and 0.73
     within 4 steps)."""
-    losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    losses = [record["loss"] for record in records if "loss" in record]
     assert len(losses) >= 2 and min(losses[1:]) < margin * losses[0], losses
 
 
